@@ -1,0 +1,43 @@
+# The two commands a new user runs on a fresh machine:
+#   make demo   set up, start the local platform (S3, MLflow, Ray) and run the main job
+#   make test   set up and run the whole test suite (starts its own platform on free ports)
+#
+# GPU machines: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ISRN := $(VENV)/bin/isrn
+# The CPU wheel on this machine's disk; any other torch request can pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup demo test platform-up platform-down clean
+
+setup: $(STAMP)
+
+# Re-runs only when pyproject.toml changes, so a second `make setup` is instant and changes nothing.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+platform-up: setup
+	$(ISRN) platform up
+
+platform-down:
+	$(ISRN) platform down
+
+demo: platform-up
+	$(ISRN) platform check
+	@echo
+	@echo "MLflow UI:     http://127.0.0.1:$${ISRN_MLFLOW_PORT:-5000}"
+	@echo "Ray dashboard: http://127.0.0.1:$${ISRN_RAY_DASHBOARD_PORT:-8265}"
+
+test: setup
+	$(PY) -m pytest
+
+clean: platform-down
+	rm -rf $(VENV) .state

@@ -1,0 +1,132 @@
+"""The local platform against its real services: SeaweedFS, the MLflow server and the Ray head."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from botocore.exceptions import ClientError
+
+from jobs.local_platform import Platform, PlatformError
+from jobs.local_platform.config import load_platform_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_object_round_trip_through_local_s3(local_s3, fresh_bucket):
+    client = local_s3.client()
+    payload = uuid.uuid4().bytes * 1000
+    client.put_object(Bucket=fresh_bucket, Key="a/b.bin", Body=payload)
+    assert client.get_object(Bucket=fresh_bucket, Key="a/b.bin")["Body"].read() == payload
+
+
+def test_platform_buckets_exist(local_s3):
+    names = {b["Name"] for b in local_s3.client().list_buckets()["Buckets"]}
+    assert set(local_s3.platform.config.s3.buckets) <= names
+
+
+def test_wrong_credentials_are_refused(local_s3):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=local_s3.endpoint_url, aws_access_key_id=local_s3.access_key,
+                          aws_secret_access_key="not-the-secret", region_name=local_s3.region)
+    with pytest.raises(ClientError) as error:
+        client.list_buckets()
+    assert error.value.response["Error"]["Code"] in {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied"}
+
+
+def test_mlflow_artifact_lands_in_the_s3_bucket(platform_env, local_s3):
+    import mlflow
+
+    mlflow.set_tracking_uri(platform_env.config.mlflow_uri)
+    mlflow.set_experiment("platform-test")
+    with mlflow.start_run() as run:
+        mlflow.log_metric("x", 1.0)
+        mlflow.log_text("hello from the platform test", "notes/hello.txt")
+    keys = [
+        obj["Key"]
+        for obj in local_s3.client().list_objects_v2(
+            Bucket=platform_env.config.s3.bucket_mlflow, Prefix="artifacts/"
+        ).get("Contents", [])
+    ]
+    assert any(key.endswith(f"{run.info.run_id}/artifacts/notes/hello.txt") for key in keys), keys
+    # The client needed no S3 credentials: the server proxies artifacts (mlflow-artifacts:/).
+    assert mlflow.get_run(run.info.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
+
+
+def test_ray_job_through_the_jobs_api_finishes(platform_env):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(platform_env.config.ray_dashboard_url)
+    # The entrypoint runs in a shell on the head: name the interpreter (shared/PLATFORM.md).
+    job_id = client.submit_job(
+        entrypoint=f"{sys.executable} -c \"import ray; ray.init(); print('sum', ray.get(ray.remote(lambda: 40 + 2).remote()))\""
+    )
+    deadline = time.monotonic() + 120
+    while client.get_job_status(job_id) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, client.get_job_logs(job_id)
+        time.sleep(1)
+    assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, client.get_job_logs(job_id)
+    assert "sum 42" in client.get_job_logs(job_id)
+
+
+def test_port_held_by_another_process_gives_a_clear_error(tmp_path):
+    from tests.conftest import platform_config_on_free_ports
+
+    config = platform_config_on_free_ports(tmp_path / "state")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", config.s3.port))
+        squatter.listen()
+        with pytest.raises(PlatformError, match=rf"port {config.s3.port} \(s3\) on 127.0.0.1 is taken"):
+            Platform(config).up()
+    assert not list((tmp_path / "state" / "run").glob("*.pid"))
+
+
+@pytest.mark.slow
+def test_up_twice_is_harmless_and_down_leaves_no_process(tmp_path):
+    from tests.conftest import platform_config_on_free_ports
+
+    platform = Platform(platform_config_on_free_ports(tmp_path / "state"))
+    try:
+        first = platform.up()
+        assert all(s.healthy for s in first), first
+        second = platform.up()
+        assert [s.pid for s in second] == [s.pid for s in first]
+        sessions = [s.pid for s in first]
+        assert all(any(True for p in psutil.process_iter() if _sid(p) == sid) for sid in sessions)
+    finally:
+        platform.down()
+    assert not [p for p in psutil.process_iter() if _sid(p) in sessions]
+    assert all(not s.running for s in platform.status())
+    # The data stays for the next `up`.
+    assert (tmp_path / "state" / "mlflow" / "mlflow.db").exists()
+
+
+def _sid(process: psutil.Process) -> int | None:
+    import os
+
+    try:
+        return os.getsid(process.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def test_config_env_overrides_and_unknown_keys(tmp_path):
+    config = load_platform_config(environ={"ISRN_MLFLOW_PORT": "5099", "ISRN_STATE_DIR": str(tmp_path)})
+    assert config.mlflow.port == 5099 and config.state_path == tmp_path
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent("""
+        s3:
+          prot: 9000
+    """))
+    with pytest.raises(ValueError, match=r"s3\.prot"):
+        load_platform_config(bad, environ={})
+    with pytest.raises(ValueError, match=r"mlflow\.port"):
+        load_platform_config(environ={"ISRN_MLFLOW_PORT": "five"})

@@ -1,0 +1,114 @@
+"""Flip and multi-scale test with box voting, as the released SRN test script [code: ``tools/test.py``].
+
+For an image of h × w pixels and a pixel budget P = ``max_test_size``²:
+
+* h·w < P: the image itself; its flip; ×0.5 (keep boxes whose longer side > 30 px); ×1.5^t for
+  t = 1 … ⌊log_2.25(P / (h·w))⌋ and ×√(P / (h·w)) (keep boxes whose shorter side < 100 px).
+* otherwise: the image resized to the budget (×r, r = √(P / (h·w))), its flip, ×0.75r and ×0.5r
+  (keep boxes whose longer side > 30 px).
+
+All boxes are mapped back to the original image and merged by :func:`box_vote`. With only ``flip``
+set, the image and its flip are merged. Coordinates are continuous (x1' = w − x2 under a flip, a scale
+s divides by s); the code's "+1" pixel convention is not reproduced [ours].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from isrn_model.boxes import box_iou, clip_boxes
+from isrn_model.config import InferenceConfig
+
+SMALL_RUN_MIN_SIDE = 30.0
+"""Down-scaled runs keep only boxes whose longer side exceeds this (px, original image) [code]."""
+LARGE_RUN_MAX_SIDE = 100.0
+"""Up-scaled runs keep only boxes whose shorter side is below this (px, original image) [code]."""
+
+
+def box_vote(dets: Tensor, iou_threshold: float, keep_top_k: int) -> Tensor:
+    """Box voting [code: ``bbox_vote``]: Tensor[N, 5] (x1, y1, x2, y2, score) → Tensor[K, 5].
+
+    Repeatedly take the highest-scored box and every box with IoU ≥ ``iou_threshold`` with it; the
+    group becomes one box, the score-weighted mean of its coordinates with the group's highest score.
+    A group of one box is dropped, as in the released code. At most ``keep_top_k`` boxes are returned.
+    """
+    dets = dets[dets[:, 4].argsort(descending=True)]
+    iou = box_iou(dets[:, :4], dets[:, :4])
+    alive = torch.ones(dets.shape[0], dtype=torch.bool)
+    merged = []
+    for i in range(dets.shape[0]):
+        if not alive[i]:
+            continue
+        group = alive & (iou[i] >= iou_threshold)
+        group[i] = True
+        alive &= ~group
+        if int(group.sum()) <= 1:
+            continue
+        members = dets[group]
+        weights = members[:, 4:5]
+        box = (members[:, :4] * weights).sum(0) / weights.sum()
+        merged.append(torch.cat([box, members[:, 4].max()[None]]))
+        if len(merged) >= keep_top_k:
+            break
+    return torch.stack(merged) if merged else dets.new_zeros((0, 5))
+
+
+def _run(model: nn.Module, image: Tensor, scale: float, flip: bool) -> Tensor:
+    """Detections Tensor[K, 5] in original-image coordinates of ``image`` (Tensor[3, H, W]) at ``scale``."""
+    height, width = image.shape[-2:]
+    x = image[None]
+    if scale != 1.0:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    if flip:
+        x = x.flip(-1)
+    det = model(x)[0]
+    boxes, scores = det["boxes"], det["scores"]
+    if flip:
+        run_width = x.shape[-1]
+        boxes = torch.stack([run_width - boxes[:, 2], boxes[:, 1], run_width - boxes[:, 0], boxes[:, 3]], dim=1)
+    boxes = boxes * torch.tensor([width / x.shape[-1], height / x.shape[-2]] * 2)
+    return torch.cat([boxes, scores[:, None]], dim=1)
+
+
+def _sides(dets: Tensor) -> tuple[Tensor, Tensor]:
+    w = dets[:, 2] - dets[:, 0]
+    h = dets[:, 3] - dets[:, 1]
+    return torch.maximum(w, h), torch.minimum(w, h)
+
+
+@torch.no_grad()
+def detect_tta(model: nn.Module, image: Tensor, cfg: InferenceConfig) -> dict[str, Tensor]:
+    """Flip / multi-scale detections of one image (Tensor[3, H, W] raw RGB) by an eval-mode ISRN.
+
+    ``model`` is called on single images with its plain single-scale post-processing (it must not
+    itself run TTA). Returns ``{"boxes": Tensor[K, 4] xyxy pixels, "scores": Tensor[K]}``.
+    """
+    height, width = image.shape[-2:]
+    runs = []
+    if not cfg.multi_scale:
+        runs = [_run(model, image, 1.0, False), _run(model, image, 1.0, True)]
+    else:
+        budget = float(cfg.max_test_size) ** 2
+        area = float(height * width)
+        if area < budget:
+            runs += [_run(model, image, 1.0, False), _run(model, image, 1.0, True)]
+            small = _run(model, image, 0.5, False)
+            runs.append(small[_sides(small)[0] > SMALL_RUN_MIN_SIDE])
+            large = [_run(model, image, 1.5 ** (t + 1), False)
+                     for t in range(int(math.floor(math.log(budget / area, 2.25))))]
+            large.append(_run(model, image, math.sqrt(budget / area), False))
+            large_dets = torch.cat(large)
+            runs.append(large_dets[_sides(large_dets)[1] < LARGE_RUN_MAX_SIDE])
+        else:
+            r = math.sqrt(budget / area)
+            runs += [_run(model, image, r, False), _run(model, image, r, True)]
+            small = torch.cat([_run(model, image, 0.75 * r, False), _run(model, image, 0.5 * r, False)])
+            runs.append(small[_sides(small)[0] > SMALL_RUN_MIN_SIDE])
+    voted = box_vote(torch.cat(runs), cfg.vote_threshold, cfg.keep_top_k)
+    boxes = clip_boxes(voted[:, :4], height, width)
+    return {"boxes": boxes, "scores": voted[:, 4]}

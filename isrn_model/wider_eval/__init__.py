@@ -1,0 +1,52 @@
+"""The official WIDER FACE metric in pure NumPy: ground truth, predictions, AP and PR curves.
+
+    from isrn_model.wider_eval import load_ground_truth, read_predictions, evaluate
+    result = evaluate(read_predictions("preds/"), load_ground_truth("ground_truth/"))
+    result.ap  # {"easy": 0.96, "medium": 0.95, "hard": 0.90}
+
+Command line: `isrn evaluate --predictions preds/ --ground-truth ground_truth/`.
+"""
+
+from isrn_model.wider_eval.evaluate import (
+    IOU_THRESHOLD,
+    THRESHOLD_COUNT,
+    WiderResult,
+    box_overlap,
+    evaluate,
+    match_faces,
+    normalize_scores,
+    voc_ap,
+)
+from isrn_model.wider_eval.evaluator import WiderFaceEvaluator
+from isrn_model.wider_eval.ground_truth import (
+    SETTINGS,
+    GroundTruthImage,
+    ImageKey,
+    WiderGroundTruth,
+    ground_truth_from_arrays,
+    load_ground_truth,
+    save_ground_truth,
+)
+from isrn_model.wider_eval.predictions import read_prediction_file, read_predictions, write_predictions
+
+__all__ = [
+    "IOU_THRESHOLD",
+    "SETTINGS",
+    "THRESHOLD_COUNT",
+    "GroundTruthImage",
+    "ImageKey",
+    "WiderFaceEvaluator",
+    "WiderGroundTruth",
+    "WiderResult",
+    "box_overlap",
+    "evaluate",
+    "ground_truth_from_arrays",
+    "load_ground_truth",
+    "match_faces",
+    "normalize_scores",
+    "read_prediction_file",
+    "read_predictions",
+    "save_ground_truth",
+    "voc_ap",
+    "write_predictions",
+]

@@ -1,0 +1,148 @@
+"""The ISRN module: input contract, errors naming the bad value, CPU smoke tests at tiny size."""
+
+import time
+
+import pytest
+import torch
+
+from isrn_model.boxes import box_iou
+from isrn_model.builder import build_isrn
+from isrn_model.config import InferenceConfig, ModelConfig
+
+TINY = {"depth": 18, "base_width": 16, "fpn_channels": 32, "head_channels": 32}
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(before, 2))
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_isrn(ModelConfig(**TINY))
+
+
+def test_bad_images_are_named(tiny):
+    tiny.eval()
+    with pytest.raises(TypeError, match="torch.float32.*torch.uint8"):
+        tiny(torch.zeros(1, 3, 128, 128, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\], got \[1, 1, 128, 128\]"):
+        tiny(torch.zeros(1, 1, 128, 128))
+    with pytest.raises(ValueError, match=r"got \[3, 128, 128\]"):
+        tiny(torch.zeros(3, 128, 128))
+
+
+def test_bad_targets_are_named(tiny):
+    tiny.train()
+    images = torch.zeros(2, 3, 128, 128)
+    good = {"boxes": torch.tensor([[1.0, 1.0, 20.0, 20.0]])}
+    bad = {"boxes": torch.tensor([[1.0, 1.0, 20.0, 20.0], [5.0, 5.0, 30.0, 30.0], [40.0, 10.0, 40.0, 30.0]])}
+    with pytest.raises(ValueError, match=r"target 1 box 2 is degenerate.*\[40.0, 10.0, 40.0, 30.0\]"):
+        tiny(images, [good, bad])
+    with pytest.raises(ValueError, match="list of 2 dicts"):
+        tiny(images, [good])
+    with pytest.raises(ValueError, match="target 0 'boxes' must have shape"):
+        tiny(images, [{"boxes": torch.zeros(3)}, good])
+    with pytest.raises(ValueError, match="targets are required"):
+        tiny(images)
+
+
+def test_forward_backward_finite_losses(tiny):
+    tiny.train()
+    images = torch.rand(2, 3, 128, 128) * 255
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 40.0, 48.0], [40.0, 30.0, 124.0, 120.0]])},
+               {"boxes": torch.zeros(0, 4)}]  # an image without faces is fine
+    losses = tiny(images, targets)
+    assert sorted(losses) == ["loss_box_1", "loss_box_2", "loss_cls_1", "loss_cls_2"]
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    tiny.zero_grad()
+    sum(losses.values()).backward()
+    grads = [p.grad for p in tiny.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_eval_output_format_and_padding(tiny):
+    tiny.eval()
+    tiny.inference_config = InferenceConfig(score_threshold=0.0)
+    with torch.no_grad():
+        dets = tiny(torch.rand(2, 3, 100, 150) * 255)  # padded to 128 × 256 inside
+    assert len(dets) == 2
+    for det in dets:
+        assert det["boxes"].shape[1] == 4 and det["scores"].shape == det["boxes"].shape[:1]
+        assert 0 < len(det["scores"]) <= 750
+        assert (det["boxes"][:, 2] <= 150).all() and (det["boxes"][:, 3] <= 100).all()  # clipped
+        assert (det["scores"][:-1] >= det["scores"][1:]).all()
+    tiny.inference_config = InferenceConfig()
+
+
+def test_first_step_predicts_only_where_used(tiny):
+    out = tiny.two_step_outputs(tiny.preprocess(torch.zeros(1, 3, 128, 128)))
+    assert sorted(out.cls1) == [2, 3, 4] and sorted(out.box1) == [5, 6, 7]
+    assert out.counts == [2 * 32 * 32, 2 * 16 * 16, 2 * 8 * 8, 2 * 4 * 4, 2 * 2 * 2, 2 * 1 * 1]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"norm": "bn", "stem": "standard", "share_heads": False},
+    {"norm": "frozen_bn"},
+    {"depth": 50, "base_width": 8},
+])
+def test_variants_build_and_train(kwargs):
+    model = build_isrn(ModelConfig(**{**TINY, **kwargs})).train()
+    assert len(model.heads) == (2 if kwargs.get("share_heads") is False else 1)
+    images = torch.rand(2, 3, 128, 128) * 255
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 40.0, 48.0]])}] * 2
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_flip_test_runs(tiny):
+    tiny.eval()
+    tiny.inference_config = InferenceConfig(score_threshold=0.0, flip=True)
+    try:
+        with torch.no_grad():
+            det = tiny(torch.rand(1, 3, 128, 128) * 255)[0]
+    finally:
+        tiny.inference_config = InferenceConfig()
+    assert det["boxes"].shape[1] == 4 and len(det["boxes"]) == len(det["scores"])
+
+
+def _three_faces_image():
+    # A uniform background with three bright "faces", each with a dark "mouth" bar: the smallest is
+    # matched on P2/P3, the largest (72 × 80) by P5 anchors (so the STR path is trained too).
+    faces = torch.tensor([[6.0, 8.0, 30.0, 38.0], [40.0, 6.0, 66.0, 38.0], [40.0, 44.0, 112.0, 124.0]])
+    image = torch.full((1, 3, 128, 128), 90.0)
+    for x1, y1, x2, y2 in faces.int().tolist():
+        image[0, :, y1:y2, x1:x2] = torch.tensor([225.0, 180.0, 150.0])[:, None, None]
+        mouth = y1 + 2 * (y2 - y1) // 3
+        image[0, :, mouth:mouth + max(2, (y2 - y1) // 10), x1 + (x2 - x1) // 4:x2 - (x2 - x1) // 4] = 40.0
+    return image, faces
+
+
+@pytest.mark.slow
+def test_overfits_one_image_with_three_faces():
+    torch.manual_seed(0)
+    model = build_isrn(ModelConfig(**TINY))
+    image, faces = _three_faces_image()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    start = time.monotonic()
+    found = None
+    for step in range(1, 301):
+        model.train()
+        losses = model(image, [{"boxes": faces}])
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        if step % 10 == 0:
+            model.eval()
+            with torch.no_grad():
+                det = model(image)[0]
+            top = det["boxes"][det["scores"] >= 0.3]
+            if len(top) and (box_iou(faces, top).max(dim=1).values >= 0.5).all():
+                found = step
+                break
+    assert found is not None, f"not every face detected after 300 steps; last losses {losses}"
+    assert time.monotonic() - start < 240

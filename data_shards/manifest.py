@@ -1,0 +1,163 @@
+"""The manifest of one split's shards: `<url>/<split>/manifest.json`.
+
+A manifest is written last, after every shard it lists is in place, so a split is visible exactly
+when it is complete. It records, per shard, the sample and face counts, byte size and sha256, and
+for the split the sha256 of the annotation file the shards were built from. The val split also
+lists the official ground-truth .mat files uploaded beside it (`ground_truth/…`), which the WIDER
+metric reads (`fetch_ground_truth`).
+
+    {"format": "isrn-wider-shards/1", "split": "val", "created": "...",
+     "annotation_file": "wider_face_split/wider_face_val_bbx_gt.txt", "annotation_sha256": "...",
+     "shards": [{"name": "val-000000.tar", "samples": 41, "faces": 390, "bytes": 5242880,
+                 "sha256": "..."}, ...],
+     "ground_truth": {"wider_hard_val.mat": {"name": "ground_truth/wider_hard_val.mat",
+                                             "bytes": 1234, "sha256": "..."}, ...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from data_shards.storage import S3Settings, join_url, open_store
+
+FORMAT = "isrn-wider-shards/1"
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    name: str
+    """File name relative to the manifest's folder."""
+    samples: int
+    faces: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    split: str
+    shards: tuple[ShardEntry, ...]
+    annotation_file: str
+    annotation_sha256: str
+    created: str = ""
+    ground_truth: dict[str, dict] = field(default_factory=dict)
+    format: str = FORMAT
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    @property
+    def faces(self) -> int:
+        return sum(s.faces for s in self.shards)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["shards"] = [asdict(s) for s in self.shards]
+        data.update(samples=self.samples, faces=self.faces, bytes=self.bytes)
+        return json.dumps(data, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "<manifest>") -> Manifest:
+        try:
+            data = json.loads(text)
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
+            return cls(
+                split=data["split"],
+                shards=tuple(ShardEntry(**s) for s in data["shards"]),
+                annotation_file=data["annotation_file"],
+                annotation_sha256=data["annotation_sha256"],
+                created=data.get("created", ""),
+                ground_truth=data.get("ground_truth", {}),
+            )
+        except (ValueError, KeyError, TypeError) as exn:
+            raise ValueError(f"{source}: not a valid shard manifest: {exn}") from exn
+
+
+def manifest_url(base_url: str, split: str) -> str:
+    """`<base>/<split>/manifest.json`."""
+    return join_url(base_url, split, MANIFEST_NAME)
+
+
+def split_manifest_url(url: str) -> tuple[str, str]:
+    """(folder URL, manifest file name) of a manifest URL."""
+    folder, name = posixpath.split(url.rstrip("/"))
+    return folder, name
+
+
+def read_manifest(url: str, settings: S3Settings | None = None) -> Manifest:
+    """Read a manifest from its URL (`…/<split>/manifest.json`, local path or s3://)."""
+    folder, name = split_manifest_url(url)
+    return Manifest.from_json(open_store(folder, settings).get_bytes(name), source=url)
+
+
+def shard_urls(url: str, manifest: Manifest) -> list[str]:
+    """Absolute URLs of the manifest's shards (local paths or s3://)."""
+    folder, _ = split_manifest_url(url)
+    return [join_url(folder, s.name) for s in manifest.shards]
+
+
+def find_manifests(base_url: str, settings: S3Settings | None = None) -> dict[str, tuple[str, Manifest]]:
+    """Every split under `base_url`: split -> (manifest URL, manifest). Incomplete splits are absent."""
+    store = open_store(base_url, settings)
+    out: dict[str, tuple[str, Manifest]] = {}
+    for name in store.list():
+        if posixpath.basename(name) == MANIFEST_NAME:
+            manifest = Manifest.from_json(store.get_bytes(name), source=store.url(name))
+            out[manifest.split] = (store.url(name), manifest)
+    return dict(sorted(out.items()))
+
+
+def verify_manifest(url: str, manifest: Manifest, settings: S3Settings | None = None) -> list[str]:
+    """Download every shard and ground-truth file and check size and sha256; returns the problems."""
+    folder, _ = split_manifest_url(url)
+    store = open_store(folder, settings)
+    problems = []
+    entries = [(s.name, s.bytes, s.sha256) for s in manifest.shards]
+    entries += [(g["name"], g["bytes"], g["sha256"]) for g in manifest.ground_truth.values()]
+    for name, size, sha in entries:
+        digest, n = hashlib.sha256(), 0
+        try:
+            with store.open(name) as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+                    n += len(block)
+        except Exception as exn:  # missing object, connection error: report, keep checking
+            problems.append(f"{name}: cannot read: {exn}")
+            continue
+        if n != size or digest.hexdigest() != sha:
+            problems.append(f"{name}: {n} bytes sha256 {digest.hexdigest()[:12]}…, manifest says "
+                            f"{size} bytes sha256 {sha[:12]}…")
+    return problems
+
+
+def fetch_ground_truth(url: str, dest: str | Path, settings: S3Settings | None = None) -> dict[str, Path]:
+    """Download the val split's official .mat files next to its manifest into `dest`.
+
+    Returns file name -> local path, ready for `wider_layout.load_val_ground_truth`.
+    """
+    manifest = read_manifest(url, settings)
+    if not manifest.ground_truth:
+        raise FileNotFoundError(f"{url}: split {manifest.split!r} carries no ground-truth .mat files")
+    folder, _ = split_manifest_url(url)
+    store = open_store(folder, settings)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for file_name, entry in manifest.ground_truth.items():
+        data = store.get_bytes(entry["name"])
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ValueError(f"{store.url(entry['name'])}: sha256 does not match the manifest")
+        (dest / file_name).write_bytes(data)
+        out[file_name] = dest / file_name
+    return out

@@ -1,0 +1,191 @@
+"""WIDER FACE split -> WebDataset tar shards in a folder or S3, with the manifest written last.
+
+    isrn shards build --wider-root /data/WIDER --split train --out s3://isrn-data/wider --shard-size-mb 64
+
+Each sample is two tar members under the key `<event>/<image name>`:
+    `.jpg`   the original JPEG bytes, never re-encoded
+    `.json`  `sample_record`: event, name, source path, width, height, and every face of the
+             annotation file (x, y, w, h in pixels and the six attributes, degenerate ones included)
+
+Shards are cut in annotation order once their size passes the target, so the plan (which image
+goes in which shard) is a function of the annotation file and the image sizes only. Tars are
+written reproducibly (fixed mtime, owner and mode), so a re-run rebuilds byte-identical shards
+and skips every shard already in the store with the same size and sha256: an interrupted run
+resumes where it stopped. The manifest is published only after every shard is in place; a
+rebuild from a changed annotation file first withdraws the old manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_shards.manifest import MANIFEST_NAME, Manifest, ShardEntry
+from data_shards.storage import S3Settings, check_access, open_store, sha256_file
+from data_shards.wider_layout import ImageRecord, WiderLayout
+
+log = logging.getLogger(__name__)
+
+_TAR_OVERHEAD = 3 * 512  # two member headers plus padding, roughly, per sample
+
+
+def sample_key(record: ImageRecord) -> str:
+    """WebDataset key of an image: `<event>/<name>` (no dots, so the extension split is clean)."""
+    return f"{record.event}/{record.name}"
+
+
+def sample_record(record: ImageRecord, split: str, width: int, height: int) -> dict:
+    """The JSON stored beside each JPEG."""
+    return {
+        "key": sample_key(record),
+        "event": record.event,
+        "name": record.name,
+        "split": split,
+        "source": f"WIDER_{split}/images/{record.path}",
+        "width": width,
+        "height": height,
+        "faces": [
+            {"x": f.x, "y": f.y, "w": f.w, "h": f.h, **f.attributes()} for f in record.faces
+        ],
+    }
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the JPEG header, without decoding the pixels."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
+
+
+@dataclass(frozen=True)
+class BuiltShard:
+    path: Path
+    entry: ShardEntry
+
+
+def plan_shards(sizes: list[int], target_bytes: int) -> list[range]:
+    """Consecutive index ranges whose summed sizes just pass `target_bytes` (the last may be smaller)."""
+    plan, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        total += size + _TAR_OVERHEAD
+        if total >= target_bytes:
+            plan.append(range(start, i + 1))
+            start, total = i + 1, 0
+    if start < len(sizes):
+        plan.append(range(start, len(sizes)))
+    return plan
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # reproducible tars: identical input -> identical bytes -> resumable by sha256
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(path: Path, layout: WiderLayout, split: str, records: list[ImageRecord]) -> ShardEntry:
+    """Write one tar shard of `records` at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    faces = 0
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for rec in records:
+            jpeg = layout.image_path(split, rec).read_bytes()
+            width, height = jpeg_size(jpeg)
+            meta = json.dumps(sample_record(rec, split, width, height), sort_keys=True).encode()
+            key = sample_key(rec)
+            _add_member(tar, f"{key}.jpg", jpeg)
+            _add_member(tar, f"{key}.json", meta)
+            faces += len(rec.faces)
+    return ShardEntry(path.name, len(records), faces, path.stat().st_size, sha256_file(path))
+
+
+def build_split(
+    wider_root: str | Path,
+    split: str,
+    out_url: str,
+    *,
+    shard_size_mb: float = 64.0,
+    settings: S3Settings | None = None,
+    progress: bool = True,
+) -> Manifest:
+    """Shard one split of the WIDER layout at `wider_root` into `<out_url>/<split>/`; returns its manifest."""
+    from tqdm import tqdm
+
+    if shard_size_mb <= 0:
+        raise ValueError(f"shard_size_mb must be > 0, got {shard_size_mb}")
+    layout = WiderLayout(wider_root)
+    records = layout.records(split)
+    annotation = layout.annotation_file(split)
+    annotation_sha = sha256_file(annotation)
+    check_access(out_url, settings, write=True)
+    store = open_store(out_url, settings)
+
+    sizes = [layout.image_path(split, r).stat().st_size for r in records]
+    plan = plan_shards(sizes, int(shard_size_mb * 1024 * 1024))
+    names = [f"{split}-{i:06d}.tar" for i in range(len(plan))]
+    _withdraw_stale_manifest(store, split, annotation_sha, names)
+
+    entries: list[ShardEntry] = []
+    uploaded = skipped = 0
+    with tempfile.TemporaryDirectory(prefix="isrn-shards-") as tmp, tqdm(
+        total=len(records), desc=f"shards {split}", unit="img", disable=not progress
+    ) as bar:
+        for name, idx in zip(names, plan, strict=True):
+            local = Path(tmp) / name
+            entry = write_shard(local, layout, split, [records[i] for i in idx])
+            if store.stat(f"{split}/{name}") == (entry.bytes, entry.sha256):
+                skipped += 1
+            else:
+                store.put_file(local, f"{split}/{name}", entry.sha256)
+                uploaded += 1
+            local.unlink()
+            entries.append(entry)
+            bar.update(len(idx))
+
+    ground_truth = {}
+    if split == "val":
+        for file_name, path in sorted(layout.ground_truth_files().items()):
+            sha = sha256_file(path)
+            name = f"ground_truth/{file_name}"
+            if store.stat(f"{split}/{name}") != (path.stat().st_size, sha):
+                store.put_file(path, f"{split}/{name}", sha)
+            ground_truth[file_name] = {"name": name, "bytes": path.stat().st_size, "sha256": sha}
+
+    manifest = Manifest(
+        split=split,
+        shards=tuple(entries),
+        annotation_file=annotation.relative_to(layout.root).as_posix(),
+        annotation_sha256=annotation_sha,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        ground_truth=ground_truth,
+    )
+    # Last: the split becomes visible only now. A PUT is atomic on S3; locally a rename is.
+    store.put_bytes(manifest.to_json().encode(), f"{split}/{MANIFEST_NAME}")
+    log.info("split %s: %d shards (%d uploaded, %d already present), %d images, %d faces, %.1f MB",
+             split, len(entries), uploaded, skipped, manifest.samples, manifest.faces, manifest.bytes / 1e6)
+    return manifest
+
+
+def _withdraw_stale_manifest(store, split: str, annotation_sha: str, names: list[str]) -> None:
+    """Remove a published manifest that the coming rebuild would contradict."""
+    name = f"{split}/{MANIFEST_NAME}"
+    if store.stat(name) is None:
+        return
+    try:
+        old = Manifest.from_json(store.get_bytes(name))
+    except ValueError:
+        old = None
+    if old is None or old.annotation_sha256 != annotation_sha or [s.name for s in old.shards] != names:
+        log.warning("withdrawing the manifest of split %s: it is being rebuilt from other data", split)
+        store.delete(name)
+

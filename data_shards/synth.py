@@ -1,0 +1,391 @@
+"""Generated WIDER-format data sets: real faces composited onto real photographs.
+
+    isrn data synth --out /tmp/wider-synth --train 400 --val 100 --seed 0
+
+Writes the official layout (`data_shards.wider_layout`) so the reader, the shard writer, training
+and the official metric run on it unchanged:
+
+    WIDER_{train,val[,test]}/images/<event>/<image>.jpg
+    wider_face_split/wider_face_{train,val}_bbx_gt.txt, wider_face_test_filelist.txt,
+                     wider_face_val.mat
+    ground_truth/wider_face_val.mat, wider_{easy,medium,hard}_val.mat   (gt_list per setting)
+
+Faces are the 100 real LFW faces shipped with scikit-image (`skimage.data.lfw_subset()`, 25x25
+grey): identities 0-79 for train/test, 80-99 for val, so validation measures faces never seen in
+training. Each face is tinted to a skin tone, given an elliptical soft mask (so it reads as a face,
+not a square) and pasted at 8 to ~320 px wide (box h = 1.2 w) onto a random crop of one of
+scikit-image's photographs (people-free ones: coffee, chelsea, rocket, hubble, ...; `astronaut`
+and `camera` contain unannotated faces and are excluded), flipped and colour-jittered.
+
+What is done to a face sets its flags, and nothing else does:
+    blur 1/2          Gaussian blur, sigma = 0.03 w + 0.5 / 0.08 w + 1
+    illumination 1    gain x0.25-0.45 (dark) or x1.8-2.5 (blown out)
+    occlusion 1/2     a patch of another photo covers 15-35% / 45-70% of the box
+    pose 1            in-plane rotation by 25-45 degrees; the box is the rotated face's extent
+    invalid 1         "unrecognisable": blur sigma 0.4 w and 80% covered (also blur 2, occlusion 2)
+    expression        always 0 (no expression change is rendered)
+Images with 0 faces (annotated with the all-zero line) occur at `empty_prob`; train also gets rare
+degenerate annotations (w = 0, invalid 1, nothing drawn) at `degenerate_prob`, as real WIDER has.
+
+Settings (real WIDER defines them by the detection rate of EdgeBox; we emulate it with a stated
+rule, `face_settings`), nested by construction, invalid and degenerate faces never count:
+    hard    every valid face
+    medium  hard, h >= 20 px, blur <= 1, occlusion <= 1
+    easy    h >= 40 px, blur 0, occlusion 0, illumination 0, pose 0
+Everything is a function of (seed, split, image index): deterministic, order-independent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from data_shards.wider_layout import SETTINGS, Face, ImageRecord, format_bbx_gt
+
+log = logging.getLogger(__name__)
+
+EVENTS = (
+    "0--Parade", "1--Handshaking", "2--Demonstration", "3--Riot", "4--Dancing", "5--Car_Accident",
+    "6--Funeral", "7--Cheering", "8--Election_Campain", "9--Press_Conference", "10--People_Marching",
+    "11--Meeting", "12--Group", "13--Interview", "14--Traffic", "15--Stock_Market",
+    "16--Award_Ceremony", "17--Ceremony", "18--Concerts", "19--Couple", "20--Family_Group",
+    "21--Festival", "22--Picnic", "23--Shoppers", "24--Soldier_Firing", "25--Soldier_Patrol",
+    "26--Soldier_Drilling", "27--Spa", "28--Sports_Fan", "29--Students_Schoolkids", "30--Surgeons",
+    "31--Waiter_Waitress", "32--Worker_Laborer", "33--Running", "34--Baseball", "35--Basketball",
+    "36--Football", "37--Soccer", "38--Tennis", "39--Ice_Skating", "40--Gymnastics", "41--Swimming",
+    "42--Car_Racing", "43--Row_Boat", "44--Aerobics", "45--Balloonist", "46--Jockey",
+    "47--Matador_Bullfighter", "48--Parachutist_Paratrooper", "49--Greeting",
+    "50--Celebration_Or_Party", "51--Dresses", "52--Photographers", "53--Raid", "54--Rescue",
+    "55--Sports_Coach_Trainer", "56--Voter", "57--Angler", "58--Hockey", "59--people--driving--car",
+    "61--Street_Battle",
+)  # the 61 WIDER events (60 does not exist)
+
+BACKGROUNDS = (
+    "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+    "brick", "grass", "gravel", "clock", "coins", "moon", "cell", "page",
+)  # skimage.data photographs and textures without human faces
+
+_SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
+_FACE_ASPECT = 1.2  # box h / w; WIDER boxes are taller than wide (ISRN anchors use 1.25)
+_SKIN_TONES_RGB = np.array(
+    [(255, 224, 196), (241, 194, 160), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 58, 38)],
+    dtype=np.float32,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthConfig:
+    """Knobs of the generator; the defaults give WIDER-like statistics at a 640 px width."""
+
+    image_width: int = 640
+    """Width of every image; the height is width x U[0.56, 1.0] (WIDER images are 1024 wide)."""
+    min_face: int = 8
+    """Smallest face width in pixels."""
+    max_face: int = 320
+    """Largest face width in pixels (capped at 0.8 x the image's short side)."""
+    empty_prob: float = 0.03
+    """Probability that an image has no face."""
+    degenerate_prob: float = 0.01
+    """Train only: probability per image of one extra w = 0 annotation (a real WIDER quirk)."""
+    jpeg_quality: tuple[int, int] = (80, 95)
+    """JPEG quality drawn uniformly from this range."""
+
+    def __post_init__(self) -> None:
+        if self.image_width < 64:
+            raise ValueError(f"image_width must be >= 64, got {self.image_width}")
+        if not 1 <= self.min_face <= self.max_face:
+            raise ValueError(f"need 1 <= min_face <= max_face, got {self.min_face}, {self.max_face}")
+        for name in ("empty_prob", "degenerate_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+def face_settings(face: Face) -> frozenset[str]:
+    """The evaluation settings in which `face` counts (the rule in the module docstring)."""
+    if face.invalid or face.is_degenerate:
+        return frozenset()
+    out = {"hard"}
+    if face.h >= 20 and face.blur <= 1 and face.occlusion <= 1:
+        out.add("medium")
+    if face.h >= 40 and face.blur == 0 and face.occlusion == 0 and face.illumination == 0 and face.pose == 0:
+        out.add("easy")
+    return frozenset(out)
+
+
+@lru_cache(maxsize=1)
+def _lfw_faces() -> np.ndarray:
+    import skimage.data
+
+    return (skimage.data.lfw_subset()[:100] * 255.0).astype(np.float32)  # first 100 are faces
+
+
+@lru_cache(maxsize=1)
+def _backgrounds() -> tuple[np.ndarray, ...]:
+    import skimage.data
+
+    out = []
+    for name in BACKGROUNDS:
+        try:
+            img = getattr(skimage.data, name)()
+        except Exception:  # an image that needs a download: skip it
+            log.debug("background %s unavailable", name)
+            continue
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        out.append(np.ascontiguousarray(img[:, :, :3][:, :, ::-1]))  # RGB -> BGR for OpenCV
+    return tuple(out)
+
+
+def _identities(split: str) -> np.ndarray:
+    return np.arange(80, 100) if split == "val" else np.arange(0, 80)
+
+
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    sources = _backgrounds()
+
+    def one() -> np.ndarray:
+        src = sources[rng.integers(len(sources))]
+        sh, sw = src.shape[:2]
+        frac = rng.uniform(0.4, 1.0)
+        ch, cw = max(8, int(sh * frac)), max(8, int(min(sw, sh * frac * width / height)))
+        y0, x0 = rng.integers(0, sh - ch + 1), rng.integers(0, sw - cw + 1)
+        img = cv2.resize(src[y0 : y0 + ch, x0 : x0 + cw], (width, height), interpolation=cv2.INTER_LINEAR)
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        gains = rng.uniform(0.7, 1.3, size=3).astype(np.float32)
+        return img.astype(np.float32) * gains + rng.uniform(-30, 30)
+
+    img = one()
+    if rng.random() < 0.4:  # blend a second source for clutter
+        img = 0.5 * img + 0.5 * one()
+    return np.clip(img, 0, 255)
+
+
+def _render_face(rng: np.random.Generator, identity: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """A tinted BGR face (h x w x 3, float32) and its soft elliptical alpha mask (h x w)."""
+    gray = _lfw_faces()[identity]
+    if rng.random() < 0.5:
+        gray = gray[:, ::-1]
+    interp = cv2.INTER_AREA if w < 25 else cv2.INTER_CUBIC
+    gray = cv2.resize(np.ascontiguousarray(gray), (w, h), interpolation=interp)
+    tone = _SKIN_TONES_RGB[rng.integers(len(_SKIN_TONES_RGB))][::-1] / 255.0  # BGR
+    face = gray[:, :, None] * tone[None, None, :] * rng.uniform(1.0, 1.5)
+    # Ellipse inscribed in the box, alpha falling from 1 to 0 over the outer ~12% of the radius.
+    ys = (np.arange(h, dtype=np.float32) + 0.5 - h / 2.0) / (h / 2.0)
+    xs = (np.arange(w, dtype=np.float32) + 0.5 - w / 2.0) / (w / 2.0)
+    radius = np.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2)
+    mask = np.clip((1.0 - radius) / 0.12 + 0.5, 0.0, 1.0).astype(np.float32)
+    return np.clip(face, 0, 255), mask
+
+
+def _rotate(face: np.ndarray, mask: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    h, w = mask.shape
+    side = int(math.ceil(math.hypot(w, h))) + 2
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
+    m[:, 2] += ((side - w) / 2.0, (side - h) / 2.0)
+    face = cv2.warpAffine(face, m, (side, side), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpAffine(mask, m, (side, side), flags=cv2.INTER_LINEAR)
+    ys, xs = np.nonzero(mask > 0.5)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    return face[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+
+
+def _occlude(rng: np.random.Generator, image: np.ndarray, box: tuple[int, int, int, int], fraction: float) -> None:
+    """Cover `fraction` of the box with a band of another photo, from a random side, in place."""
+    x, y, w, h = box
+    side = rng.integers(4)
+    if side < 2:  # from the bottom or the top: the usual hand / scarf / hat occluders
+        bh = max(1, round(h * fraction))
+        rect = (x, y + h - bh, w, bh) if side == 0 else (x, y, w, bh)
+    else:
+        bw = max(1, round(w * fraction))
+        rect = (x + w - bw, y, bw, h) if side == 2 else (x, y, bw, h)
+    rx, ry, rw, rh = rect
+    patch = _background(rng, max(rw, 8), max(rh, 8))[:rh, :rw]
+    image[ry : ry + rh, rx : rx + rw] = patch
+
+
+def _place(rng: np.random.Generator, boxes: list[tuple[int, int, int, int]], w: int, h: int, W: int, H: int) -> tuple[int, int] | None:
+    for _ in range(30):
+        x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+        if all(x + w <= bx or bx + bw <= x or y + h <= by or by + bh <= y for bx, by, bw, bh in boxes):
+            return x, y
+    return None
+
+
+def generate_image(split: str, index: int, seed: int, config: SynthConfig = SynthConfig()) -> tuple[np.ndarray, list[Face]]:
+    """One BGR uint8 image and its faces, a pure function of (split, index, seed)."""
+    rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
+    W = config.image_width
+    H = int(round(W * rng.uniform(0.56, 1.0) / 2) * 2)
+    image = _background(rng, W, H)
+    identities = _identities(split)
+
+    regime = rng.random()
+    if regime < config.empty_prob:
+        n, lo, hi = 0, 0, 0
+    elif regime < 0.45:  # portraits and small groups
+        n, lo, hi = int(rng.integers(1, 4)), 24, config.max_face
+    elif regime < 0.8:  # groups
+        n, lo, hi = int(rng.integers(4, 13)), 12, 96
+    else:  # crowds
+        n, lo, hi = int(rng.integers(15, 51)), config.min_face, 40
+    hi = min(hi, int(0.8 * min(W, H) / _FACE_ASPECT))
+    lo = max(config.min_face, min(lo, hi))
+
+    faces: list[Face] = []
+    placed: list[tuple[int, int, int, int]] = []
+    for _ in range(n):
+        w = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi + 1e-6)))))
+        w = max(config.min_face, w)
+        h = int(round(w * _FACE_ASPECT))
+        blur = int(rng.choice(3, p=(0.7, 0.2, 0.1)))
+        occlusion = int(rng.choice(3, p=(0.8, 0.13, 0.07)))
+        illumination = int(rng.random() < 0.08)
+        pose = int(rng.random() < 0.08)
+        invalid = int(rng.random() < 0.03)
+        face, mask = _render_face(rng, int(rng.choice(identities)), w, h)
+        if pose:
+            angle = float(rng.uniform(25, 45) * rng.choice((-1, 1)))
+            face, mask = _rotate(face, mask, angle)
+        fh, fw = mask.shape
+        if fw > W or fh > H or (pos := _place(rng, placed, fw, fh, W, H)) is None:
+            continue
+        x, y = pos
+        if illumination:
+            face = face * (rng.uniform(0.25, 0.45) if rng.random() < 0.5 else rng.uniform(1.8, 2.5))
+        if invalid:
+            blur, occlusion = 2, 2
+            sigma = 0.4 * fw
+        else:
+            sigma = {0: 0.0, 1: 0.03 * fw + 0.5, 2: 0.08 * fw + 1.0}[blur]
+        if sigma > 0:
+            face = cv2.GaussianBlur(face, (0, 0), sigma)
+        alpha = mask[:, :, None]
+        region = image[y : y + fh, x : x + fw]
+        image[y : y + fh, x : x + fw] = region * (1 - alpha) + np.clip(face, 0, 255) * alpha
+        if occlusion:
+            fraction = 0.8 if invalid else rng.uniform(*((0.15, 0.35) if occlusion == 1 else (0.45, 0.7)))
+            _occlude(rng, image, (x, y, fw, fh), fraction)
+        placed.append((x, y, fw, fh))
+        faces.append(Face(x, y, fw, fh, blur, 0, illumination, invalid, occlusion, pose))
+
+    if split == "train" and rng.random() < config.degenerate_prob:
+        x, y = int(rng.integers(0, W)), int(rng.integers(0, H))
+        faces.append(Face(x, y, 0, int(rng.integers(1, 10)), 2, 0, 0, 1, 0, 0))
+    return np.clip(image, 0, 255).astype(np.uint8), faces
+
+
+def _image_path(split: str, index: int, seed: int) -> tuple[str, str]:
+    event = EVENTS[int(np.random.default_rng([seed, 9, _SPLIT_IDS[split], index]).integers(len(EVENTS)))]
+    number, name = event.split("--", 1)
+    return event, f"{number}_{name}_{name}_{number}_{index}"
+
+
+def generate_split(root: str | Path, split: str, count: int, seed: int, config: SynthConfig = SynthConfig()) -> list[ImageRecord]:
+    """Write `count` images of `split` under `root` and return their records (annotation order)."""
+    from tqdm import tqdm
+
+    root = Path(root)
+    records = []
+    for index in tqdm(range(count), desc=f"synth {split}", unit="img", disable=None):
+        event, name = _image_path(split, index, seed)
+        image, faces = generate_image(split, index, seed, config)
+        quality = int(np.random.default_rng([seed, 7, _SPLIT_IDS[split], index]).integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise RuntimeError(f"JPEG encoding failed for {split} image {index}")
+        path = root / f"WIDER_{split}" / "images" / event / f"{name}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpeg.tobytes())
+        records.append(ImageRecord(f"{event}/{name}.jpg", tuple(faces)))
+    # WIDER's files list images grouped by event; keep that order.
+    records.sort(key=lambda r: (EVENTS.index(r.event), r.path))
+    return records
+
+
+# ---------------------------------------------------------------- .mat files
+
+
+def _cell(items: list) -> np.ndarray:
+    """A MATLAB column cell array (n x 1) holding `items` as they are (no numpy broadcasting)."""
+    out = np.empty((len(items), 1), dtype=object)
+    for i, item in enumerate(items):
+        out[i, 0] = item
+    return out
+
+
+def val_mat_contents(records: list[ImageRecord]) -> dict[str, dict[str, np.ndarray]]:
+    """The variables of `wider_face_val.mat` and `wider_{easy,medium,hard}_val.mat`.
+
+    Same structure as the official files: 61 x 1 (here: events present) cell of events, each a
+    n_images x 1 cell; boxes int32 [n, 4] (x, y, w, h); labels uint8 [n, 1]; `gt_list` the 1-based
+    indices of the faces that count in the setting, uint8 (uint16 past 255), [k, 1].
+    Events are in MATLAB's `dir` order (lexicographic), as in the official files.
+    """
+    by_event: dict[str, list[ImageRecord]] = {}
+    for rec in records:
+        by_event.setdefault(rec.event, []).append(rec)
+    events = sorted(by_event)
+    labels = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
+    base: dict[str, np.ndarray] = {
+        "event_list": _cell([np.array([e]) for e in events]),
+        "file_list": _cell([_cell([np.array([r.name]) for r in by_event[e]]) for e in events]),
+        "face_bbx_list": _cell([
+            _cell([np.array([f.xywh() for f in r.faces], dtype=np.int32).reshape(-1, 4) for r in by_event[e]])
+            for e in events
+        ]),
+    }
+    for label in labels:
+        base[f"{label}_label_list"] = _cell([
+            _cell([np.array([getattr(f, label) for f in r.faces], dtype=np.uint8).reshape(-1, 1) for r in by_event[e]])
+            for e in events
+        ])
+    out = {"wider_face_val.mat": base}
+    for setting in SETTINGS:
+        def gt(rec: ImageRecord) -> np.ndarray:
+            idx = [k + 1 for k, f in enumerate(rec.faces) if setting in face_settings(f)]
+            dtype = np.uint8 if len(rec.faces) <= 255 else np.uint16
+            return np.array(idx, dtype=dtype).reshape(-1, 1)
+
+        out[f"wider_{setting}_val.mat"] = {
+            **base, "gt_list": _cell([_cell([gt(r) for r in by_event[e]]) for e in events])
+        }
+    return out
+
+
+def write_val_mats(records: list[ImageRecord], *folders: Path) -> None:
+    import scipy.io
+
+    for name, variables in val_mat_contents(records).items():
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            if name == "wider_face_val.mat" or folder.name == "ground_truth":
+                scipy.io.savemat(folder / name, variables, do_compression=True)
+
+
+# ---------------------------------------------------------------- whole data set
+
+
+def generate_dataset(root: str | Path, *, train: int, val: int, test: int = 0, seed: int = 0,
+                     config: SynthConfig = SynthConfig()) -> dict[str, list[ImageRecord]]:
+    """Write a complete WIDER-format data set under `root`; returns the records per split."""
+    root = Path(root)
+    split_dir = root / "wider_face_split"
+    split_dir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, count in (("train", train), ("val", val)):
+        records = generate_split(root, split, count, seed, config)
+        (split_dir / f"wider_face_{split}_bbx_gt.txt").write_text(format_bbx_gt(records))
+        out[split] = records
+    write_val_mats(out["val"], split_dir, root / "ground_truth")
+    test_records = [ImageRecord(r.path) for r in generate_split(root, "test", test, seed, replace(config))]
+    (split_dir / "wider_face_test_filelist.txt").write_text("".join(f"{r.path}\n" for r in test_records))
+    out["test"] = test_records
+    return out

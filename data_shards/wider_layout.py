@@ -1,0 +1,255 @@
+"""Reader for the official WIDER FACE layout.
+
+    <root>/WIDER_{train,val,test}/images/<event>/<image>.jpg
+    <root>/wider_face_split/wider_face_{train,val}_bbx_gt.txt
+    <root>/wider_face_split/wider_face_test_filelist.txt
+    <root>/wider_face_split/wider_face_val.mat            (no gt_list)
+    <root>/ground_truth/wider_{face,easy,medium,hard}_val.mat   (the evaluation tool's files)
+
+`*_bbx_gt.txt` records are: a path line (`<event>/<image>.jpg`), a count line, then one line per
+face `x1 y1 w h blur expression illumination invalid occlusion pose`. Quirks kept exactly:
+
+- a count of 0 is followed by one all-zero line, which is not a face;
+- invalid faces and boxes with w or h <= 0 are kept here, with all six attributes; the consumer
+  decides (`Face.is_degenerate`, `Face.invalid`);
+- a malformed record raises `WiderFormatError` naming the file and the 1-based line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+ATTRIBUTES = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
+SETTINGS = ("easy", "medium", "hard")
+
+
+class WiderFormatError(ValueError):
+    """A malformed annotation record; the message names the file and line."""
+
+    def __init__(self, path: str | Path, line: int, message: str) -> None:
+        super().__init__(f"{path}:{line}: {message}")
+        self.path = str(path)
+        self.line = line
+
+
+@dataclass(frozen=True)
+class Face:
+    """One annotated face: box (x, y, w, h) in pixels and the six WIDER attribute codes."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    blur: int = 0
+    expression: int = 0
+    illumination: int = 0
+    invalid: int = 0
+    occlusion: int = 0
+    pose: int = 0
+
+    @property
+    def is_degenerate(self) -> bool:
+        """w or h <= 0: such boxes are kept in the record but must not be used for training."""
+        return self.w <= 0 or self.h <= 0
+
+    def xywh(self) -> list[int]:
+        return [self.x, self.y, self.w, self.h]
+
+    def attributes(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in ATTRIBUTES}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a split: `<event>/<name>.jpg` and its faces in annotation order."""
+
+    path: str
+    faces: tuple[Face, ...] = ()
+
+    @property
+    def event(self) -> str:
+        return self.path.split("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        """Image name without `.jpg`: with `event`, the key the WIDER metric uses."""
+        return Path(self.path).stem
+
+
+def _ints(path: Path, lineno: int, text: str, n: int, what: str) -> list[int]:
+    fields = text.split()
+    if len(fields) < n:
+        raise WiderFormatError(path, lineno, f"{what}: expected {n} integers, got {text.strip()!r}")
+    try:
+        # Some released files carry float-looking values ("12.0"); accept them when integral.
+        values = [int(float(f)) if "." in f else int(f) for f in fields[:n]]
+    except ValueError:
+        raise WiderFormatError(path, lineno, f"{what}: not integers: {text.strip()!r}") from None
+    return values
+
+
+def parse_bbx_gt(path: str | Path) -> list[ImageRecord]:
+    """Parse a `wider_face_{train,val}_bbx_gt.txt` file into records, in file order."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    records: list[ImageRecord] = []
+    i = 0
+    while i < len(lines):
+        if not lines[i].strip():  # tolerate blank lines between records and at the end
+            i += 1
+            continue
+        image_path = lines[i].strip()
+        if not image_path.lower().endswith(".jpg") or "/" not in image_path:
+            raise WiderFormatError(path, i + 1, f"expected an image path '<event>/<image>.jpg', got {image_path!r}")
+        if i + 1 >= len(lines):
+            raise WiderFormatError(path, i + 2, f"missing face count after {image_path!r}")
+        (count,) = _ints(path, i + 2, lines[i + 1], 1, "face count")
+        if count < 0 or len(lines[i + 1].split()) != 1:
+            raise WiderFormatError(path, i + 2, f"bad face count {lines[i + 1].strip()!r}")
+        n_lines = max(count, 1)  # a count of 0 is followed by one all-zero line
+        if i + 2 + n_lines > len(lines):
+            raise WiderFormatError(
+                path, len(lines) + 1, f"{image_path}: expected {n_lines} face line(s), file ended"
+            )
+        faces = []
+        for k in range(n_lines):
+            lineno = i + 3 + k
+            values = _ints(path, lineno, lines[lineno - 1], 10, f"face {k + 1} of {image_path}")
+            if count == 0:
+                if any(values[:4]):
+                    raise WiderFormatError(path, lineno, f"{image_path}: count 0 but a non-zero box line")
+                continue
+            faces.append(Face(*values))
+        records.append(ImageRecord(image_path, tuple(faces)))
+        i += 2 + n_lines
+    return records
+
+
+def format_bbx_gt(records: list[ImageRecord]) -> str:
+    """The inverse of `parse_bbx_gt` (used by the generator)."""
+    out: list[str] = []
+    for rec in records:
+        out.append(rec.path)
+        out.append(str(len(rec.faces)))
+        if not rec.faces:
+            out.append("0 0 0 0 0 0 0 0 0 0 ")
+        for f in rec.faces:
+            out.append(" ".join(str(v) for v in (*f.xywh(), *f.attributes().values())) + " ")
+    return "\n".join(out) + "\n"
+
+
+def read_test_filelist(path: str | Path) -> list[str]:
+    """`wider_face_test_filelist.txt`: one `<event>/<image>.jpg` per line."""
+    path = Path(path)
+    out = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if not line.lower().endswith(".jpg") or "/" not in line:
+            raise WiderFormatError(path, lineno, f"expected '<event>/<image>.jpg', got {line!r}")
+        out.append(line)
+    return out
+
+
+class WiderLayout:
+    """The files of a WIDER FACE download (or of a generated set) under `root`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def images_dir(self, split: str) -> Path:
+        _check_split(split)
+        return self.root / f"WIDER_{split}" / "images"
+
+    def annotation_file(self, split: str) -> Path:
+        _check_split(split)
+        split_dir = self.root / "wider_face_split"
+        if split == "test":
+            return split_dir / "wider_face_test_filelist.txt"
+        return split_dir / f"wider_face_{split}_bbx_gt.txt"
+
+    def records(self, split: str) -> list[ImageRecord]:
+        """Records of a split; test images come without faces."""
+        path = self.annotation_file(split)
+        if not path.is_file():
+            raise FileNotFoundError(f"annotation file for split {split!r} not found: {path}")
+        if split == "test":
+            return [ImageRecord(p) for p in read_test_filelist(path)]
+        return parse_bbx_gt(path)
+
+    def image_path(self, split: str, record: ImageRecord) -> Path:
+        return self.images_dir(split) / record.path
+
+    def ground_truth_files(self) -> dict[str, Path]:
+        """The val .mat files present: `ground_truth/` (evaluation tool) then `wider_face_split/`."""
+        found: dict[str, Path] = {}
+        for folder in (self.root / "wider_face_split", self.root / "ground_truth"):
+            for name in ("wider_face_val.mat", *(f"wider_{s}_val.mat" for s in SETTINGS)):
+                if (folder / name).is_file():
+                    found[name] = folder / name
+        return found
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+# ---------------------------------------------------------------- val .mat files
+
+
+@dataclass(frozen=True)
+class ValGroundTruth:
+    """The official val ground truth: per event, per image, boxes and per-setting `gt_list`s.
+
+    `boxes[(event, name)]` is int32 [N, 4] (x, y, w, h); `counted[setting][(event, name)]` the
+    0-based indices of the faces that count in that setting (the .mat stores them 1-based).
+    """
+
+    events: tuple[str, ...]
+    files: dict[str, tuple[str, ...]]
+    boxes: dict[tuple[str, str], np.ndarray]
+    counted: dict[str, dict[tuple[str, str], np.ndarray]]
+
+
+def _cell_str(value: np.ndarray) -> str:
+    return str(np.asarray(value).reshape(-1)[0])
+
+
+def iter_mat_images(mat: dict) -> Iterator[tuple[int, int, str, str]]:
+    """(event index, image index, event, name) over a loaded WIDER .mat."""
+    for e, event_cell in enumerate(mat["event_list"][:, 0]):
+        event = _cell_str(event_cell)
+        for j, name_cell in enumerate(mat["file_list"][e, 0][:, 0]):
+            yield e, j, event, _cell_str(name_cell)
+
+
+def load_val_ground_truth(files: dict[str, Path]) -> ValGroundTruth:
+    """Read `wider_face_val.mat` and `wider_{easy,medium,hard}_val.mat` (paths by file name)."""
+    import scipy.io
+
+    missing = [s for s in SETTINGS if f"wider_{s}_val.mat" not in files]
+    if missing:
+        raise FileNotFoundError(f"val ground truth lacks wider_{{{','.join(missing)}}}_val.mat")
+    base = scipy.io.loadmat(files.get("wider_face_val.mat", files["wider_hard_val.mat"]))
+    events, by_event, boxes = [], {}, {}
+    for e, j, event, name in iter_mat_images(base):
+        if event not in by_event:
+            events.append(event)
+            by_event[event] = []
+        by_event[event].append(name)
+        boxes[(event, name)] = np.asarray(base["face_bbx_list"][e, 0][j, 0], dtype=np.int32).reshape(-1, 4)
+    counted: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+    for setting in SETTINGS:
+        mat = scipy.io.loadmat(files[f"wider_{setting}_val.mat"])
+        counted[setting] = {
+            (event, name): np.asarray(mat["gt_list"][e, 0][j, 0], dtype=np.int64).reshape(-1) - 1
+            for e, j, event, name in iter_mat_images(mat)
+        }
+    return ValGroundTruth(tuple(events), {k: tuple(v) for k, v in by_event.items()}, boxes, counted)

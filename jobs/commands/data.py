@@ -1,0 +1,35 @@
+"""`isrn data synth`: a generated WIDER-format data set (see `data_shards.synth`).
+
+    isrn data synth --out /tmp/wider-synth --train 400 --val 100 --seed 0
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def data() -> None:
+    """Generate WIDER-format data sets."""
+
+
+@data.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write the data set into.")
+@click.option("--train", "n_train", default=400, show_default=True, type=click.IntRange(min=0), help="Training images.")
+@click.option("--val", "n_val", default=100, show_default=True, type=click.IntRange(min=0), help="Validation images.")
+@click.option("--test", "n_test", default=0, show_default=True, type=click.IntRange(min=0), help="Test images (no annotations).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Everything generated is a function of the seed.")
+@click.option("--width", "image_width", default=640, show_default=True, type=click.IntRange(min=64), help="Image width in pixels.")
+def synth(out_dir: str, n_train: int, n_val: int, n_test: int, seed: int, image_width: int) -> None:
+    """Composite real LFW faces onto real photographs, in the official WIDER FACE layout."""
+    from data_shards.synth import SynthConfig, face_settings, generate_dataset
+
+    out = generate_dataset(out_dir, train=n_train, val=n_val, test=n_test, seed=seed,
+                           config=SynthConfig(image_width=image_width))
+    for split in ("train", "val"):
+        faces = [f for r in out[split] for f in r.faces]
+        counts = {s: sum(s in face_settings(f) for f in faces) for s in ("easy", "medium", "hard")}
+        click.echo(f"{split}: {len(out[split])} images, {len(faces)} faces "
+                   f"(easy {counts['easy']}, medium {counts['medium']}, hard {counts['hard']})")
+    click.echo(f"test: {len(out['test'])} images")
+    click.echo(f"wrote {out_dir}")

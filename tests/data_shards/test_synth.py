@@ -1,0 +1,80 @@
+"""Generated WIDER-format data: layout, determinism, and .mat files shaped like the official ones."""
+
+import numpy as np
+import scipy.io
+
+from data_shards.synth import face_settings, generate_dataset, generate_image
+from data_shards.wider_layout import SETTINGS, Face, WiderLayout, load_val_ground_truth
+
+
+def test_layout_and_annotations(wider_root):
+    layout = WiderLayout(wider_root)
+    for split, n in (("train", 12), ("val", 8), ("test", 2)):
+        records = layout.records(split)
+        assert len(records) == n
+        for rec in records:
+            assert layout.image_path(split, rec).read_bytes()[:2] == b"\xff\xd8"  # JPEG
+    faces = [f for r in layout.records("train") for f in r.faces]
+    assert faces and all(f.x >= 0 and f.y >= 0 for f in faces)
+
+
+def test_deterministic_by_seed(tmp_path):
+    a, fa = generate_image("train", 3, seed=11)
+    b, fb = generate_image("train", 3, seed=11)
+    c, _ = generate_image("train", 3, seed=12)
+    assert np.array_equal(a, b) and fa == fb
+    assert a.shape != c.shape or not np.array_equal(a, c)
+    generate_dataset(tmp_path / "x", train=3, val=2, seed=1)
+    generate_dataset(tmp_path / "y", train=3, val=2, seed=1)
+    for path in sorted((tmp_path / "x").rglob("*.*")):
+        assert path.read_bytes() == (tmp_path / "y" / path.relative_to(tmp_path / "x")).read_bytes(), path
+
+
+def test_settings_rule_is_nested_and_excludes_invalid():
+    assert face_settings(Face(0, 0, 50, 60)) == {"easy", "medium", "hard"}
+    assert face_settings(Face(0, 0, 20, 30, blur=1)) == {"medium", "hard"}  # blurred: not easy
+    assert face_settings(Face(0, 0, 10, 12)) == {"hard"}  # h 12 < 20: hard only
+    assert face_settings(Face(0, 0, 50, 60, occlusion=2)) == {"hard"}
+    assert face_settings(Face(0, 0, 50, 60, invalid=1)) == frozenset()
+    assert face_settings(Face(0, 0, 0, 60)) == frozenset()
+
+
+def _mat(path):
+    return scipy.io.loadmat(path)
+
+
+def test_val_mats_match_the_official_structure(wider_root, shared_dir):
+    official = shared_dir / "widerface" / "ground_truth"
+    for name in ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat"):
+        ours, ref = _mat(wider_root / "ground_truth" / name), _mat(official / name)
+        keys = {k for k in ref if not k.startswith("__")}
+        assert {k for k in ours if not k.startswith("__")} == keys, name
+        for key in keys:
+            assert ours[key].dtype == object and ours[key].ndim == 2 and ours[key].shape[1] == 1
+            if key == "event_list":
+                assert ours[key][0, 0].dtype.kind == ref[key][0, 0].dtype.kind == "U"
+                continue
+            inner, ref_inner = ours[key][0, 0], ref[key][0, 0]
+            assert inner.dtype == object and inner.shape[1] == 1, key
+            elem, ref_elem = inner[0, 0], ref_inner[0, 0]
+            assert elem.dtype.kind == ref_elem.dtype.kind, key
+            if key == "face_bbx_list":
+                assert elem.dtype == np.int32 and elem.shape[1] == 4
+            elif key.endswith("_label_list") or key == "gt_list":
+                assert elem.dtype == ref_elem.dtype == np.uint8 and elem.ndim == 2 and elem.shape[1] == 1
+
+
+def test_gt_list_follows_the_rule(wider_root):
+    layout = WiderLayout(wider_root)
+    gt = load_val_ground_truth(layout.ground_truth_files())
+    records = {(r.event, r.name): r for r in layout.records("val")}
+    assert set(gt.boxes) == set(records)
+    for key, rec in records.items():
+        np.testing.assert_array_equal(gt.boxes[key], np.array([f.xywh() for f in rec.faces], np.int32).reshape(-1, 4))
+        previous = set()
+        for setting in SETTINGS:  # easy, medium, hard: nested
+            counted = set(gt.counted[setting][key].tolist())
+            assert counted == {i for i, f in enumerate(rec.faces) if setting in face_settings(f)}
+            assert previous <= counted
+            assert not any(rec.faces[i].invalid for i in counted)
+            previous = counted

@@ -1,0 +1,233 @@
+"""The job spec: one typed configuration tree, loaded from YAML once and validated at the edge.
+
+    spec = load_spec("jobs/specs/smoke.yaml", overrides=["optim.lr=0.02", "train.epochs=3"])
+
+Unknown keys and wrong types fail here, with the dotted field path in the message, before any Ray
+worker starts. Each part of the job receives its own slice (`spec.model`, `spec.loader`, ...):
+the model and loader sections are the `isrn_model` and `data_shards` dataclasses themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from data_shards.loader import LoaderConfig
+from data_shards.synth import SynthConfig
+from isrn_model.config import InferenceConfig, LossConfig, ModelConfig
+from jobs.tune.config import TuneSpec
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPECS_DIR = Path(__file__).resolve().parent / "specs"
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run: the message names the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthData(_Section):
+    """A generated WIDER-format data set built (with its shards) when the manifests are missing."""
+
+    root: Path = Field(description="Where the WIDER-format folders are generated (relative: to the repo).")
+    train_images: int = Field(gt=0)
+    val_images: int = Field(gt=0)
+    seed: int = 0
+    shard_size_mb: float = Field(default=8.0, gt=0)
+    generator: SynthConfig = SynthConfig()
+
+
+class DataSpec(_Section):
+    shards: str = Field(description="Shard root URL holding `train/` and `val/` manifests (s3://bucket/prefix or a path).")
+    synth: SynthData | None = Field(default=None, description="Generate the data set and shards when missing.")
+
+
+class OptimSpec(_Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.01, gt=0, description="Peak learning rate for the whole global batch.")
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up from warmup_factor × lr.")
+    warmup_factor: float = Field(default=0.001, gt=0, le=1)
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    milestones: tuple[float, ...] = Field(
+        default=(100 / 130, 120 / 130),
+        description="Step decay points as fractions of training (SRN: 100 and 120 of 130 epochs).",
+    )
+    gamma: float = Field(default=0.1, gt=0, le=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < m < 1 for m in value) or list(value) != sorted(value):
+            raise ValueError(f"milestones must be increasing fractions of training in (0, 1), got {value}")
+        return value
+
+
+class TrainSpec(_Section):
+    epochs: int = Field(default=1, gt=0)
+    grad_clip_norm: float | None = Field(default=10.0, gt=0)
+    grad_accum_steps: int = Field(default=1, gt=0)
+    amp: bool = Field(default=True, description="bf16/fp16 autocast on GPU; ignored on CPU.")
+    seed: int = 0
+    log_every_steps: int = Field(default=10, gt=0)
+    torch_threads: int | None = Field(default=None, gt=0, description="torch.set_num_threads per worker.")
+
+
+class EvalSpec(_Section):
+    every_epochs: int = Field(default=1, gt=0)
+    image_grid: int = Field(default=8, ge=0, description="Val images drawn in the per-epoch grid artifact.")
+
+
+class CheckpointSpec(_Section):
+    storage: str = Field(description="Ray storage root: s3://bucket/prefix or a local path.")
+    every_steps: int | None = Field(default=None, gt=0)
+    keep: int = Field(default=2, gt=0, description="Best checkpoints kept by val AP Hard (+ the latest).")
+
+
+class TrackingSpec(_Section):
+    experiment: str
+    log_model: bool = True
+    export_size: int = Field(
+        default=640, ge=128, multiple_of=128,
+        description="Side of the square input of the logged (torch.export) model; detect letterboxes to it.",
+    )
+    registered_model: str = "isrn-face"
+
+
+class ScalingSpec(_Section):
+    num_workers: int = Field(default=2, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    max_failures: int = Field(default=1, ge=0, description="Worker-group restarts from the latest checkpoint.")
+    collective_timeout_s: int = Field(
+        default=300, gt=0, description="DDP collective timeout; Ray's default of 1800 s hides hangs.",
+    )
+
+
+class JobSpec(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    inference: InferenceConfig = InferenceConfig()
+    loader: LoaderConfig = LoaderConfig()
+    data: DataSpec
+    optim: OptimSpec = OptimSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    checkpoint: CheckpointSpec
+    tracking: TrackingSpec
+    scaling: ScalingSpec = ScalingSpec()
+    tune: TuneSpec | None = Field(default=None, description="Ray Tune study (see jobs/tune/config.py).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "JobSpec":
+        if self.model.norm == "bn" and self.loader.batch_size < 2:
+            raise ValueError("model.norm=bn needs loader.batch_size >= 2 per worker; use gn or frozen_bn")
+        return self
+
+    # ---- views -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self) -> str:
+        """sha256 of the resolved spec (what ran), independent of key order and comments."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def flat_params(self) -> dict[str, str]:
+        """The spec flattened to `section.field` keys, as MLflow params (no nested dicts)."""
+        return {key: _param_value(value) for key, value in _flatten(self.to_dict()).items()}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= 500 else text[:497] + "..."  # MLflow rejects long param values
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.lr=0.02` -> ("train.lr", 0.02); the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected FIELD=VALUE, e.g. optim.lr=0.02")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 as a string
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def resolve_spec_path(spec: str | Path) -> Path:
+    """A spec file path, or a bare name of one in jobs/specs (`smoke` -> jobs/specs/smoke.yaml)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    candidate = SPECS_DIR / f"{spec}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in SPECS_DIR.glob("*.yaml")))
+    raise SpecError(f"spec {spec!r} not found: give a YAML path or one of: {known}")
+
+
+def load_spec(spec: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Load, override and validate a job spec; errors name the file and the dotted field."""
+    if isinstance(spec, dict):
+        source, raw = "<spec>", json.loads(json.dumps(spec))
+    else:
+        path = resolve_spec_path(spec)
+        source = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise SpecError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: expected a mapping at the top level")
+    for text in overrides:
+        _set_dotted(raw, *parse_override(text))
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as error:
+        problems = []
+        for e in error.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            message = e["msg"].removeprefix("Value error, ")
+            if e["type"] in {"extra_forbidden", "unexpected_keyword_argument"}:
+                message = "unknown key"
+            problems.append(f"{where}: {message}")
+        raise SpecError(f"{source}: " + "; ".join(problems)) from None

@@ -1,0 +1,1 @@
+"""The training job: Ray Train DDP of ISRN over S3 shards, tracked in MLflow."""

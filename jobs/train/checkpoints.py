@@ -1,0 +1,63 @@
+"""What a training checkpoint holds, and how it is written and read (a directory Ray uploads)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+STATE_FILE = "training_state.pt"
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """Where training stands: restored after a worker-group restart or `isrn train --resume`."""
+
+    step: int = 0
+    epoch: int = 0
+    """Epochs completed."""
+    best_ap_hard: float = 0.0
+    last_ap: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel (save and load the plain model's state)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState,
+                    spec: dict[str, Any]) -> Path:
+    """Write the model, optimiser and counters to `directory/training_state.pt`.
+
+    The lr schedule is a pure function of the step and bf16 autocast needs no GradScaler, so
+    the step is all the scheduler and scaler state there is.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": dataclasses.asdict(state),
+        "spec": spec,
+    }
+    # Temporary name, then rename: a crash mid-write never leaves a readable half checkpoint.
+    partial = directory / (STATE_FILE + ".partial")
+    torch.save(payload, partial)
+    partial.rename(directory / STATE_FILE)
+    return directory
+
+
+def load_checkpoint(directory: Path, model: nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None) -> tuple[TrainingState, dict[str, Any]]:
+    """Restore model and optimiser in place (when given); return the counters and the raw payload."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not an ISRN training checkpoint (no {STATE_FILE})")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if model is not None:
+        unwrap(model).load_state_dict(payload["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    return TrainingState(**payload["state"]), payload

@@ -1,0 +1,84 @@
+"""Plain step functions of the training loop. They run the same in one CPU process or a DDP worker."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss went NaN or infinite; the message carries the step and every loss term."""
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    images = batch["images"].to(device, non_blocking=True)
+    targets = [{"boxes": t["boxes"].to(device, non_blocking=True)} for t in batch["targets"]]
+    return images, targets
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPU when asked; a no-op on CPU (CPU autocast is slower for convs here)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(
+    model: nn.Module,
+    micro_batches: list[dict[str, Any]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    step: int,
+    device: torch.device,
+    amp: bool = False,
+    grad_clip_norm: float | None = None,
+) -> dict[str, float]:
+    """One optimiser step over `micro_batches` (gradient accumulation); returns the mean losses.
+
+    With DDP the gradients are all-reduced only on the last micro-batch (`no_sync` before it).
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    totals: dict[str, float] = {}
+    for index, batch in enumerate(micro_batches):
+        images, targets = to_device(batch, device)
+        last = index == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, amp):
+                losses = model(images, targets)
+            loss = sum(losses.values()) / len(micro_batches)
+            values = {name: float(value.detach()) for name, value in losses.items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                raise NonFiniteLossError(f"non-finite loss at step {step}: {values}")
+            loss.backward()
+        for name, value in values.items():
+            totals[name] = totals.get(name, 0.0) + value / len(micro_batches)
+    if grad_clip_norm is not None:
+        totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm))
+    optimizer.step()
+    totals["loss"] = sum(v for k, v in totals.items() if k.startswith("loss_"))
+    return totals
+
+
+@torch.no_grad()
+def detect_batch(model: nn.Module, batch: dict[str, Any], device: torch.device) -> Iterator[tuple[tuple[str, str], np.ndarray]]:
+    """Detections of the valid images of a val batch, in original-image pixels.
+
+    Yields ((event, image name), float64 [K, 5] rows `x, y, w, h, score`): the WIDER format.
+    """
+    model.eval()
+    outputs = model(batch["images"].to(device))
+    for output, key, scale, valid in zip(outputs, batch["keys"], batch["scales"], batch["valid"]):
+        if not bool(valid):
+            continue
+        boxes = output["boxes"].float().cpu().numpy() / float(scale)
+        scores = output["scores"].float().cpu().numpy()
+        rows = np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2], scores]).astype(np.float64)
+        yield tuple(key), rows

@@ -1,0 +1,53 @@
+"""Job specs: one typed tree, errors that name the field, overrides, every shipped spec loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.spec import SPECS_DIR, JobSpec, SpecError, load_spec, parse_override
+
+
+@pytest.mark.parametrize("path", sorted(SPECS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_spec_loads(path):
+    spec = load_spec(path)
+    assert isinstance(spec, JobSpec) and spec.name
+
+
+def test_overrides_are_typed_and_applied():
+    spec = load_spec("smoke", ["optim.lr=0.02", "train.epochs=3", "model.norm=frozen_bn", "optim.milestones=[0.5, 0.8]"])
+    assert spec.optim.lr == 0.02 and spec.train.epochs == 3 and spec.model.norm == "frozen_bn"
+    assert spec.optim.milestones == (0.5, 0.8)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("scaling.num_workers=two", r"scaling\.num_workers: Input should be a valid integer"),
+        ("train.epoch=3", r"train\.epoch: unknown key"),
+        ("model.bogus=1", r"model\.bogus: unknown key"),
+        ("model.depth=19", r"model: ModelConfig\.depth must be one of"),
+        ("loader.batch_size=0", r"loader: LoaderConfig\.batch_size"),
+        ("optim.milestones=[0.9, 0.5]", r"optim\.milestones: .*increasing"),
+        ("optim.name=rmsprop", r"optim\.name: Input should be 'sgd' or 'adamw'"),
+    ],
+)
+def test_bad_fields_are_named(override, message):
+    with pytest.raises(SpecError, match=message) as error:
+        load_spec("smoke", [override])
+    assert "smoke.yaml" in str(error.value)
+
+
+def test_override_syntax_and_unknown_spec():
+    assert parse_override("optim.lr=1e-3") == ("optim.lr", 1e-3)
+    with pytest.raises(SpecError, match="expected FIELD=VALUE"):
+        parse_override("optim.lr")
+    with pytest.raises(SpecError, match="not found: give a YAML path or one of: .*smoke"):
+        load_spec("no-such-spec")
+
+
+def test_flat_params_and_fingerprint():
+    spec = load_spec("smoke")
+    params = spec.flat_params()
+    assert params["optim.lr"] == "0.01" and params["model.depth"] == "18"
+    assert all(len(v) <= 500 for v in params.values())
+    assert spec.fingerprint() == load_spec("smoke").fingerprint() != load_spec("smoke", ["optim.lr=0.5"]).fingerprint()

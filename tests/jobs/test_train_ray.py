@@ -1,0 +1,138 @@
+"""The training job against the real local Ray, S3 and MLflow: DDP, checkpoints, tracking, faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from jobs.environment import JobEnvironment
+from jobs.spec import SpecError, load_spec
+from jobs.train.driver import ensure_data, run_training
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def smoke_overrides(tmp_path_factory, local_platform):
+    """The smoke spec on this session's platform, its data generated and sharded once."""
+    root = tmp_path_factory.mktemp("smoke-data")
+    overrides = [f"data.synth.root={root}", "data.shards=s3://isrn-shards/test-smoke"]
+    env = JobEnvironment.resolve(local_platform.config.client_env())
+    ensure_data(load_spec("smoke", overrides), env)
+    return overrides
+
+
+@pytest.fixture
+def ray_shutdown():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_two_worker_ddp_run_is_tracked_checkpointed_and_detects(platform_env, local_s3, smoke_overrides, ray_shutdown):
+    import mlflow
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    spec = load_spec("smoke", smoke_overrides)
+    outcome = run_training(spec)
+
+    # Both ranks held identical parameters at every epoch end (checksums all-gathered).
+    assert outcome.metrics["ddp_param_divergence"] == 0.0
+    assert outcome.metrics["step"] == 12 and outcome.metrics["epoch"] == 2
+
+    # Checkpoints are in the S3 bucket under the run's name.
+    keys = [o["Key"] for o in local_s3.client().list_objects_v2(
+        Bucket="isrn-checkpoints", Prefix=f"runs/{outcome.run_name}/").get("Contents", [])]
+    assert any(k.endswith("training_state.pt") for k in keys), keys
+
+    client = MlflowClient(platform_env.config.mlflow_uri)
+    run = client.get_run(outcome.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.lr"] == "0.01" and run.data.params["scaling.num_workers"] == "2"
+    assert run.data.tags["isrn.world_size"] == "2" and len(run.data.tags["isrn.git_commit"]) >= 7
+    assert run.data.tags["isrn.val_manifest"] and run.data.tags["isrn.spec_fingerprint"] == spec.fingerprint()
+    # Per-step metrics (every log_every_steps=2) and per-epoch AP.
+    assert [s for s, _ in _history(client, run.info.run_id, "loss_cls_1")] == [2, 4, 6, 8, 10, 12]
+    for key in ("loss_box_1", "loss_cls_2", "loss_box_2", "lr", "images_per_s", "data_s", "compute_s"):
+        assert _history(client, run.info.run_id, key), key
+    assert [s for s, _ in _history(client, run.info.run_id, "val_ap_hard")] == [6, 12]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"spec", "pr_curves", "val_images"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "pr_curves")} == {
+        "pr_curves/pr_epoch_001.png", "pr_curves/pr_epoch_002.png"}
+
+    # The logged model loads back with MLflow and detects (fixed-size pt2 export).
+    assert outcome.model_uri and outcome.model_uri.startswith("models:/")
+    model = mlflow.pytorch.load_model(outcome.model_uri)
+    size = spec.tracking.export_size
+    image = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (1, 3, size, size)).astype(np.float32))
+    detections = model(image)
+    assert tuple(detections.shape) == (1, spec.inference.keep_top_k, 5)
+    assert torch.isfinite(detections).all()
+
+
+def test_killed_worker_resumes_from_the_latest_checkpoint(platform_env, smoke_overrides, ray_shutdown):
+    from mlflow.tracking import MlflowClient
+    from ray.util.state import list_actors
+
+    # Longer epochs so that the kill lands mid-run, after the first checkpoint (step 4).
+    spec = load_spec("smoke", [*smoke_overrides, "train.epochs=3", "train.log_every_steps=1"])
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=run_training(spec)), daemon=True)
+    thread.start()
+    client = MlflowClient(platform_env.config.mlflow_uri)
+    killed_at = None
+    deadline = time.monotonic() + 600
+    while killed_at is None and thread.is_alive() and time.monotonic() < deadline:
+        runs = client.search_runs(
+            [client.get_experiment_by_name("isrn-smoke").experiment_id],
+            filter_string="attributes.status = 'RUNNING'", max_results=1)
+        steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] if runs else []
+        if steps and max(steps) >= 6:
+            workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
+            assert len(workers) == 2
+            os.kill(workers[-1].pid, signal.SIGKILL)  # a worker process dies mid-run
+            killed_at = max(steps)
+        time.sleep(0.3)
+    thread.join(timeout=900)
+    assert killed_at is not None, "training ended before the worker could be killed"
+    result = outcome["result"]
+    assert result.metrics["step"] == 18 and result.metrics["epoch"] == 3
+
+    run_id = result.mlflow_run_id
+    resumed = _history(client, run_id, "resumed_from_step")
+    assert resumed and 4 <= resumed[0][1] <= killed_at, (resumed, killed_at)
+    # One continuous history in one run: the step counter went on from the checkpoint, never back
+    # to 0 (step 1 was logged once), and reached the end.
+    steps = [s for s, _ in _history(client, run_id, "loss")]
+    assert steps.count(1) == 1 and max(steps) == 18 and set(range(1, 19)) <= set(steps)
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_missing_manifest_fails_before_any_worker(platform_env, fresh_bucket):
+    import ray
+
+    spec = load_spec("smoke", ["data.synth=null", f"data.shards=s3://{fresh_bucket}/nothing"])
+    with pytest.raises(SpecError, match=rf"no train shard manifest at s3://{fresh_bucket}/nothing/train/manifest.json"):
+        run_training(spec)
+    assert not ray.is_initialized()
+
+
+def test_missing_bucket_and_wrong_credentials_fail_before_any_worker(platform_env, monkeypatch):
+    spec = load_spec("smoke", ["data.synth=null", "data.shards=s3://no-such-bucket/x"])
+    with pytest.raises(SpecError, match="bucket 'no-such-bucket' does not exist"):
+        run_training(spec)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(SpecError, match="refused the credentials"):
+        run_training(load_spec("smoke", ["data.synth=null"]))

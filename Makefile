@@ -30,9 +30,16 @@ platform-up: setup
 platform-down:
 	$(ISRN) platform down
 
+# The main job end to end on the local platform (about 15 minutes on 2 CPU cores): train ISRN on a
+# generated WIDER-format set with 2 Ray workers, a small Ray Tune search, promotion of the best run
+# to the registry (isrn-face@champion), and detection on generated val images with the champion.
 demo: platform-up
-	$(ISRN) platform check
+	$(ISRN) train demo
+	$(ISRN) tune tune-smoke
+	$(ISRN) promote
+	$(ISRN) detect $$(ls data/demo/WIDER_val/images/*/*.jpg | head -n 3) --out demo-detections
 	@echo
+	@echo "Detections:    demo-detections/ (JSON boxes and annotated images)"
 	@echo "MLflow UI:     http://127.0.0.1:$${ISRN_MLFLOW_PORT:-5000}"
 	@echo "Ray dashboard: http://127.0.0.1:$${ISRN_RAY_DASHBOARD_PORT:-8265}"
 

@@ -43,6 +43,7 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -380,6 +381,9 @@ def _web_loader(pipeline: wds.DataPipeline, config: LoaderConfig, settings: S3Se
         # worker forked while one of them holds a lock deadlocks (seen: rank 0 hung after its
         # first evaluation until the gloo timeout). Workers start per epoch, so this matters.
         extra = {"prefetch_factor": config.prefetch_factor, "multiprocessing_context": "forkserver"}
+        # The fork server imports the loader (torch, OpenCV, webdataset) once; each epoch's
+        # workers then fork from it in milliseconds instead of importing torch again.
+        multiprocessing.set_forkserver_preload(["data_shards.loader"])
     return wds.WebLoader(
         pipeline, batch_size=None, collate_fn=_as_is, num_workers=config.num_workers,
         worker_init_fn=functools.partial(_worker_init, settings), **extra,

@@ -331,7 +331,7 @@ class Platform:
             shutil.rmtree(self.ray_temp_dir, ignore_errors=True)
             log.info("deleted %s", self.state)
 
-    def _stop(self, name: str, timeout_s: float = 30.0) -> None:
+    def _stop(self, name: str, timeout_s: float = 10.0) -> None:
         pid_file = self._pid_file(name)
         pid = self._running_pid(name)
         if pid is not None:

@@ -203,15 +203,15 @@ def run_training(spec: JobSpec, *, resume: str | None = None, env: JobEnvironmen
     log.info("training %s: MLflow run %s", run_name, run_url(env.mlflow_uri, run_id))
     try:
         result = build_trainer(spec, env, run_name, run_id).fit()
+        best: Checkpoint | None = None
+        if result.best_checkpoints:
+            best = max(result.best_checkpoints, key=lambda pair: pair[1].get(SCORE_METRIC, 0.0))[0]
+        model_uri = None
+        if best is not None and spec.tracking.log_model:
+            model_uri = log_best_model(env.mlflow_uri, run_id, best, spec)
     except BaseException:
         finish_run(env.mlflow_uri, run_id, "FAILED")
         raise
-    best: Checkpoint | None = None
-    if result.best_checkpoints:
-        best = max(result.best_checkpoints, key=lambda pair: pair[1].get(SCORE_METRIC, 0.0))[0]
-    model_uri = None
-    if best is not None and spec.tracking.log_model:
-        model_uri = log_best_model(env.mlflow_uri, run_id, best, spec)
     finish_run(env.mlflow_uri, run_id, "FINISHED")
     return TrainingOutcome(run_name=run_name, mlflow_run_id=run_id, mlflow_run_url=run_url(env.mlflow_uri, run_id),
                            metrics=dict(result.metrics or {}), best_checkpoint=best.path if best else None,

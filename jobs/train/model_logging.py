@@ -45,6 +45,8 @@ def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: Job
     with torch.no_grad():
         output = wrapper(torch.from_numpy(example)).numpy()
     mlflow.set_tracking_uri(tracking_uri)
+    # The fluent API refuses a run of another experiment than the process's active one.
+    mlflow.set_experiment(experiment_id=mlflow.tracking.MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
     with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory(prefix="isrn-model-") as directory:
         eager = Path(directory) / "isrn_model.pt"
         save_model(model, eager)  # the eager model too: flip / multi-scale test need it

@@ -141,7 +141,8 @@ def run_worker(spec: JobSpec, job: WorkerJob, session: Session) -> TrainingState
     device = session.device()
 
     model = build_isrn(spec.model, loss=spec.loss, inference=spec.inference)
-    if spec.model.norm == "bn" and session.world_size > 1:
+    if spec.model.norm == "bn" and session.world_size > 1 and device.type == "cuda":
+        # SyncBatchNorm runs on GPU modules only; on CPU workers BN keeps per-worker statistics.
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = session.prepare_model(model.to(device))
     optimizer = build_optimizer(model, spec.optim)
@@ -170,7 +171,7 @@ def run_worker(spec: JobSpec, job: WorkerJob, session: Session) -> TrainingState
     while state.epoch < spec.train.epochs:
         done_in_epoch = state.step - state.epoch * steps_per_epoch
         batches = iter(train_loader)
-        waited = time.perf_counter()
+        epoch_started = waited = time.perf_counter()
         for _ in range(steps_per_epoch - done_in_epoch):
             micro_batches = list(itertools.islice(batches, spec.train.grad_accum_steps))
             started = time.perf_counter()
@@ -194,8 +195,13 @@ def run_worker(spec: JobSpec, job: WorkerJob, session: Session) -> TrainingState
                 _report(session, model, optimizer, state, spec, {"loss": losses["loss"]})
             waited = time.perf_counter()
         state.epoch += 1
-
-        epoch_metrics: dict[str, float] = {"epoch": state.epoch, "ddp_param_divergence": parameter_divergence(model)}
+        epoch_metrics: dict[str, float] = {
+            "epoch": state.epoch,
+            # Wall time of the epoch's steps, mid-epoch checkpoint reports included (bench/train_overhead.py).
+            "epoch_train_s": time.perf_counter() - epoch_started,
+            "epoch_steps": steps_per_epoch - done_in_epoch,
+            "ddp_param_divergence": parameter_divergence(model),
+        }
         if state.epoch % spec.eval.every_epochs == 0 or state.epoch == spec.train.epochs:
             val_loader = make_val_loader(job.val_manifest, spec.loader, rank=session.rank,
                                          world_size=session.world_size, settings=settings)

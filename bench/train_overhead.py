@@ -1,0 +1,73 @@
+"""Ray Train's overhead on the training step, measured side by side in one run.
+
+The same loop (`jobs.train.worker.run_worker`) runs twice on the same local shards with one worker:
+in this process (`LocalSession`, checkpoints copied to a folder) and under Ray Train (`TorchTrainer`,
+one worker, checkpoints reported to Ray's storage). Each epoch's wall time of its steps
+(`epoch_train_s`, checkpoint reports included, evaluation excluded) gives seconds per step; the
+ratio is the overhead. Start-up (worker group, process group) is printed separately.
+
+    .venv/bin/python bench/train_overhead.py [--steps-per-epoch 20] [--epochs 2]
+
+Needs a Ray head (`isrn platform up`); storage and data are local folders, so no S3 or MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from data_shards.manifest import manifest_url
+from jobs.environment import JobEnvironment
+from jobs.spec import load_spec
+from jobs.train.driver import build_trainer, connect_ray, ensure_data
+from jobs.train.worker import LocalSession, WorkerJob, run_worker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default="smoke")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps-per-epoch", type=int, default=20)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    work = Path(tempfile.mkdtemp(prefix="isrn-bench-"))
+    spec = load_spec(args.spec, [
+        f"data.shards={work / 'shards'}", f"data.synth.root={work / 'data'}", f"checkpoint.storage={work / 'ray'}",
+        "scaling.num_workers=1", f"train.epochs={args.epochs}", f"eval.every_epochs={args.epochs}",
+        f"loader.batches_per_epoch={args.steps_per_epoch}", "tracking.log_model=false", "train.torch_threads=1",
+    ])
+    env = JobEnvironment.resolve()
+    ensure_data(spec, env)
+    job = WorkerJob(train_manifest=manifest_url(spec.data.shards, "train"),
+                    val_manifest=manifest_url(spec.data.shards, "val"), tracking_uri="", run_id=None,
+                    s3={"endpoint_url": None, "access_key": None, "secret_key": None, "region": "us-east-1"})
+
+    started = time.perf_counter()
+    session = LocalSession(work / "local-checkpoints")
+    run_worker(spec, job, session)
+    local_total = time.perf_counter() - started
+    local = [r for r in session.reports if "epoch_train_s" in r][-1]
+
+    connect_ray(env)
+    started = time.perf_counter()
+    result = build_trainer(spec, env, f"bench-{int(time.time())}", None).fit()
+    ray_total = time.perf_counter() - started
+    remote = result.metrics
+
+    local_step = local["epoch_train_s"] / local["epoch_steps"]
+    ray_step = remote["epoch_train_s"] / remote["epoch_steps"]
+    print(f"spec {args.spec}, 1 worker, batch {spec.loader.batch_size} at {spec.loader.image_size}², "
+          f"checkpoint every {spec.checkpoint.every_steps} steps; last epoch of {args.epochs}")
+    print(f"{'':28}{'plain process':>16}{'Ray Train':>12}")
+    print(f"{'seconds per step':28}{local_step:16.3f}{ray_step:12.3f}")
+    print(f"{'images per second':28}{spec.loader.batch_size / local_step:16.2f}{spec.loader.batch_size / ray_step:12.2f}")
+    print(f"{'whole run, start-up incl. (s)':28}{local_total:16.1f}{ray_total:12.1f}")
+    print(f"Ray Train overhead per step: {100 * (ray_step / local_step - 1):+.1f}% (target < 5%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""A Ray Tune study of a spec: each trial is the training job of `jobs/train`, unchanged.
+
+    outcome = run_study(load_spec("tune-smoke"))                  # what `isrn tune tune-smoke` does
+    outcome = run_study(load_spec("tune-smoke"), resume="tune-smoke-20250101-120000")
+
+The trainable is a function that builds the spec's `TorchTrainer` (`build_trainer`) with Tune's
+`TuneReportCallback` and fits it (shared/PLATFORM.md: Train V2 under Tune). Tune reserves only the
+trial's own driver CPU, so the study bounds concurrency by what a trial's Train workers need too.
+Trial Train runs are named `<study>-<trial id>`: a trial restarted by a resumed study continues
+from its latest checkpoint in S3 and reattaches to its MLflow child run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import time
+from typing import Any
+
+from jobs.environment import JobEnvironment
+from jobs.spec import JobSpec, SpecError
+from jobs.train.driver import (
+    check_cluster, connect_ray, ensure_data, git_commit, log_best_model, new_run_name, preflight,
+    storage_for,
+)
+from jobs.train.tracking import finish_run, run_url, start_or_resume_run
+from jobs.tune.config import TuneSpec
+from jobs.tune.mlflow_study import (
+    STUDY_TAG, TRIAL_TAG, TrialRunStatus, closed_trials, find_run, log_study_summary, trial_run_name,
+)
+from jobs.tune.search_space import apply_trial_config, check_space, param_space, searched_values
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyContext:
+    """What every trial needs from the study's driver (plain values: it travels through Ray)."""
+
+    spec: dict[str, Any]
+    env: JobEnvironment
+    study: str
+    parent_run_id: str
+    tags: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyOutcome:
+    study: str
+    parent_run_id: str
+    parent_run_url: str
+    trials: list[dict[str, Any]]
+    interrupted: bool
+    best_run_id: str | None
+    model_uri: str | None
+    wall_s: float
+
+
+def run_trial(config: dict[str, Any], *, context: StudyContext) -> None:
+    """Tune's function trainable: the spec with the trial's values, trained by `build_trainer`."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from jobs.train.driver import build_trainer
+
+    spec = JobSpec.model_validate(context.spec)
+    trial_spec = apply_trial_config(spec, config)
+    trial_id = tune.get_context().get_trial_id()
+    run_name = trial_run_name(context.study, trial_id)
+    tags = {**context.tags, "isrn.spec_fingerprint": trial_spec.fingerprint(),
+            "mlflow.parentRunId": context.parent_run_id, STUDY_TAG: context.study, TRIAL_TAG: trial_id}
+    run_id = start_or_resume_run(context.env.mlflow_uri, trial_spec.tracking.experiment, run_name, tags=tags,
+                                 params={**trial_spec.flat_params(), **searched_values(spec, config)},
+                                 spec_yaml=trial_spec.to_yaml())
+    build_trainer(trial_spec, context.env, run_name, run_id, callbacks=[TuneReportCallback()]).fit()
+
+
+def max_concurrent_trials(spec: JobSpec, resources: dict[str, float]) -> int:
+    """Trials that fit on the cluster at once: the trial driver's CPUs plus its Train workers'."""
+    tune_spec, scaling = spec.tune, spec.scaling
+    assert tune_spec is not None
+    per_trial_cpu = tune_spec.trial_cpus + scaling.num_workers * scaling.cpus_per_worker
+    fits = math.floor(resources.get("CPU", 0) / per_trial_cpu + 1e-9) if per_trial_cpu else tune_spec.num_samples
+    if scaling.use_gpu:
+        fits = min(fits, math.floor(resources.get("GPU", 0) / scaling.num_workers))
+    if fits < 1:
+        raise SpecError(
+            f"scaling / tune.trial_cpus: a trial needs {per_trial_cpu:g} CPUs (trial driver {tune_spec.trial_cpus:g} "
+            f"+ {scaling.num_workers} workers × {scaling.cpus_per_worker:g}), the Ray cluster has "
+            f"{resources.get('CPU', 0):g}: lower scaling.cpus_per_worker or tune.trial_cpus"
+        )
+    return min(fits, tune_spec.max_concurrent_trials or fits, tune_spec.num_samples)
+
+
+def build_scheduler(tune_spec: TuneSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = tune_spec.scheduler
+    if s.name == "fifo":
+        return FIFOScheduler()
+    if s.grace_period > s.max_t:
+        raise SpecError(f"tune.scheduler: grace_period ({s.grace_period}) exceeds max_t ({s.max_t})")
+    return ASHAScheduler(time_attr=s.time_attr, max_t=s.max_t, grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor)
+
+
+def build_search(tune_spec: TuneSpec, concurrency: int):
+    if tune_spec.search == "optuna":
+        try:
+            import optuna
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise SpecError("tune.search: optuna is not installed (pip install 'isrn-platform[tune]'), "
+                            "or use search: random") from None
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=tune_spec.seed))  # limited by TuneConfig
+    from ray.tune.search import BasicVariantGenerator
+
+    # Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator it did not make.
+    return BasicVariantGenerator(random_state=tune_spec.seed, max_concurrent=concurrency)
+
+
+def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = None,
+              env: JobEnvironment | None = None) -> StudyOutcome:
+    """Run (or resume) the study of `spec.tune`; the spec must be the one the study started with."""
+    import ray
+    from ray import tune
+
+    started = time.perf_counter()
+    check_space(spec)
+    tune_spec = spec.tune
+    assert tune_spec is not None
+    env = env or JobEnvironment.resolve()
+    ensure_data(spec, env)
+    fingerprints = preflight(spec, env)
+    connect_ray(env)
+    check_cluster(spec)
+    concurrency = max_concurrent_trials(spec, ray.cluster_resources())
+    study = resume or name or new_run_name(spec)
+    storage_path, filesystem = storage_for(spec, env)
+    study_path = f"{storage_path}/{study}"
+    experiment = spec.tracking.experiment
+    if resume:
+        parent = find_run(env.mlflow_uri, experiment, study)
+        if parent is None or not tune.Tuner.can_restore(study_path, storage_filesystem=filesystem):
+            raise SpecError(f"no study {study!r} to resume: no MLflow run in experiment {experiment!r} "
+                            f"or no Tune state at {study_path}")
+        if parent.data.tags.get("isrn.spec_fingerprint") != spec.fingerprint():
+            raise SpecError(f"study {study!r} ran spec {parent.data.tags.get('isrn.spec_fingerprint')}, this spec is "
+                            f"{spec.fingerprint()}: resume with the same spec and --set values")
+
+    lineage = {"isrn.git_commit": git_commit(), "isrn.spec": spec.name,
+               "isrn.train_manifest": fingerprints["train"], "isrn.val_manifest": fingerprints["val"],
+               "isrn.world_size": str(spec.scaling.num_workers)}
+    parent_run_id = start_or_resume_run(
+        env.mlflow_uri, experiment, study, params=spec.flat_params(), spec_yaml=spec.to_yaml(),
+        tags={**lineage, "isrn.spec_fingerprint": spec.fingerprint(), STUDY_TAG: study, "isrn.tune.role": "study",
+              "isrn.tune.search": tune_spec.search, "isrn.tune.scheduler": tune_spec.scheduler.name},
+    )
+    log.info("study %s (%d trials, %d at a time): MLflow run %s", study, tune_spec.num_samples, concurrency,
+             run_url(env.mlflow_uri, parent_run_id))
+
+    context = StudyContext(spec=spec.to_dict(), env=env, study=study, parent_run_id=parent_run_id, tags=lineage)
+    trainable = tune.with_resources(functools.partial(run_trial, context=context), {"CPU": tune_spec.trial_cpus})
+    if resume:
+        tuner = tune.Tuner.restore(study_path, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=filesystem)
+    else:
+        max_t = tune_spec.scheduler.max_t if tune_spec.scheduler.name == "asha" else None
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(tune_spec),
+            tune_config=tune.TuneConfig(metric=tune_spec.metric, mode=tune_spec.mode,
+                                        scheduler=build_scheduler(tune_spec), search_alg=build_search(tune_spec, concurrency),
+                                        num_samples=tune_spec.num_samples, max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(
+                name=study, storage_path=storage_path, storage_filesystem=filesystem,
+                callbacks=[TrialRunStatus(env.mlflow_uri, experiment, study, default_epochs=spec.train.epochs,
+                                          max_t=max_t)],
+                failure_config=tune.FailureConfig(max_failures=0),  # Train restarts workers itself
+            ),
+        )
+    try:
+        results = tuner.fit()
+    except BaseException:
+        finish_run(env.mlflow_uri, parent_run_id, "FAILED")
+        raise
+
+    interrupted = closed_trials(env.mlflow_uri, experiment, parent_run_id) < len(results)
+    if interrupted:
+        finish_run(env.mlflow_uri, parent_run_id, "KILLED")
+        log.warning("study %s interrupted: resume it with `isrn tune %s --resume %s`", study, spec.name, study)
+        return StudyOutcome(study, parent_run_id, run_url(env.mlflow_uri, parent_run_id), [], True, None, None,
+                            time.perf_counter() - started)
+
+    dimensions = list(tune_spec.space)
+    log_scale = {d for d, domain in tune_spec.space.items() if "log" in next(iter(domain))}
+    rows = log_study_summary(env.mlflow_uri, experiment, parent_run_id, dimensions, tune_spec.metric, log_scale)
+    best_run_id, model_uri = None, None
+    if results.num_terminated:
+        best_run_id, model_uri = _log_best_trial_model(results, spec, env, study, filesystem)
+    finish_run(env.mlflow_uri, parent_run_id, "FINISHED" if results.num_terminated else "FAILED")
+    return StudyOutcome(study, parent_run_id, run_url(env.mlflow_uri, parent_run_id), rows, False, best_run_id,
+                        model_uri, time.perf_counter() - started)
+
+
+def _log_best_trial_model(results, spec: JobSpec, env: JobEnvironment, study: str,
+                          filesystem) -> tuple[str | None, str | None]:
+    """Log the best checkpoint of the best trial into its child run (what `isrn promote` registers)."""
+    from ray.train import Checkpoint
+
+    tune_spec = spec.tune
+    assert tune_spec is not None
+    best = results.get_best_result(metric=tune_spec.metric, mode=tune_spec.mode, scope="all")
+    run = find_run(env.mlflow_uri, spec.tracking.experiment, trial_run_name(study, best.metrics["trial_id"]))
+    if run is None:
+        return None, None
+    if not spec.tracking.log_model:
+        return run.info.run_id, None
+    history = best.metrics_dataframe
+    scored = history[history["checkpoint_path"].notna()] if "checkpoint_path" in history else history.iloc[0:0]
+    if scored.empty:
+        log.warning("best trial %s reported no checkpoint: no model logged", best.metrics["trial_id"])
+        return run.info.run_id, None
+    ordered = scored.sort_values(tune_spec.metric, kind="stable")  # ties: the later checkpoint last
+    row = ordered.iloc[-1] if tune_spec.mode == "max" else ordered.iloc[0]
+    trial_spec = apply_trial_config(spec, best.config)
+    checkpoint = Checkpoint(path=row["checkpoint_path"], filesystem=filesystem)
+    model_uri = log_best_model(env.mlflow_uri, run.info.run_id, checkpoint, trial_spec)
+    return run.info.run_id, model_uri

@@ -35,6 +35,7 @@ def _run_with_model(client, experiment: str, ap_hard: float | None, *, val_manif
         client.log_metric(run_id, "val_ap_hard", ap_hard, step=1)
         client.log_metric(run_id, "val_ap_easy", ap_hard + 0.1, step=1)
     if model:
+        mlflow.set_experiment(experiment_id=exp.experiment_id)  # start_run refuses another active experiment
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(torch.nn.Linear(2, 1), name="model", serialization_format="pickle")
             mlflow.set_tag("isrn.model_uri", info.model_uri)

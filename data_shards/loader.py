@@ -390,15 +390,22 @@ def _web_loader(pipeline: wds.DataPipeline, config: LoaderConfig, settings: S3Se
     )
 
 
+def _open_split(manifest_url: str, rank: int, world_size: int,
+                settings: S3Settings | None) -> tuple[S3Settings, Manifest, list[str]]:
+    """Check the rank, resolve the S3 settings and read the split's manifest and shard URLs."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    settings = settings or S3Settings.from_env()  # resolved here: workers may not share our environment
+    manifest, urls = _load_manifest(manifest_url, settings)
+    return settings, manifest, urls
+
+
 def make_train_loader(
     manifest_url: str, config: LoaderConfig, *, rank: int = 0, world_size: int = 1,
     settings: S3Settings | None = None,
 ) -> TrainLoader:
     """The training loader of `rank` among `world_size` over the split at `manifest_url`."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    settings = settings or S3Settings.from_env()  # resolved here: workers may not share our environment
-    manifest, urls = _load_manifest(manifest_url, settings)
+    settings, manifest, urls = _open_split(manifest_url, rank, world_size, settings)
     num_batches = config.batches_per_epoch or max(1, manifest.samples // (world_size * config.batch_size))
     source = _TrainShards(urls, rank, world_size, config.seed)
     skipped = SkipCounter()
@@ -518,10 +525,7 @@ def make_val_loader(
     settings: S3Settings | None = None,
 ) -> ValLoader:
     """The validation loader of `rank`: every image once across ranks, no augmentation."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    settings = settings or S3Settings.from_env()  # resolved here: workers may not share our environment
-    manifest, urls = _load_manifest(manifest_url, settings)
+    settings, manifest, urls = _open_split(manifest_url, rank, world_size, settings)
     samples = [s.samples for s in manifest.shards]
     mine = [urls[i] for i in assign_shards(samples, world_size)[rank]]
     num_batches = max(expected_val_batches(samples, world_size, config.num_workers, config.val_batch_size))

@@ -9,7 +9,6 @@ the same run, so the history stays one run with continuous steps.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -96,10 +95,6 @@ def run_url(tracking_uri: str, run_id: str) -> str:
 
     run = MlflowClient(tracking_uri).get_run(run_id)
     return f"{tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-
-
-def scratch_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="isrn-artifacts-"))
 
 
 def describe(metrics: dict[str, Any]) -> str:

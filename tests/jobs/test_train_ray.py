@@ -87,7 +87,7 @@ def test_killed_worker_resumes_from_the_latest_checkpoint(platform_env, local_s3
     from ray.util.state import list_actors
 
     # Longer epochs so that the kill lands mid-run, after the first checkpoint (step 4).
-    spec = load_spec("smoke", [*smoke_overrides, "train.epochs=3", "train.log_every_steps=1"])
+    spec = load_spec("smoke", [*smoke_overrides, "train.epochs=4", "train.log_every_steps=1"])
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(result=run_training(spec)), daemon=True)
     thread.start()
@@ -117,15 +117,15 @@ def test_killed_worker_resumes_from_the_latest_checkpoint(platform_env, local_s3
     thread.join(timeout=900)
     assert killed_at is not None, "training ended before the worker could be killed"
     result = outcome["result"]
-    assert result.metrics["step"] == 18 and result.metrics["epoch"] == 3
+    assert result.metrics["step"] == 24 and result.metrics["epoch"] == 4
 
     run_id = result.mlflow_run_id
     resumed = _history(client, run_id, "resumed_from_step")
-    assert resumed and 4 <= resumed[0][1] < 18, (resumed, killed_at)
+    assert resumed and 4 <= resumed[0][1] < 24, (resumed, killed_at)
     # One continuous history in one run: the step counter went on from the checkpoint, never back
     # to 0 (step 1 was logged once), and reached the end.
     steps = [s for s, _ in _history(client, run_id, "loss")]
-    assert steps.count(1) == 1 and max(steps) == 18 and set(range(1, 19)) <= set(steps)
+    assert steps.count(1) == 1 and max(steps) == 24 and set(range(1, 25)) <= set(steps)
     assert client.get_run(run_id).info.status == "FINISHED"
 
 

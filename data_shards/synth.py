@@ -360,14 +360,30 @@ def val_mat_contents(records: list[ImageRecord]) -> dict[str, dict[str, np.ndarr
     return out
 
 
-def write_val_mats(records: list[ImageRecord], *folders: Path) -> None:
+MAT_HEADER = b"MATLAB 5.0 MAT-file, written by isrn data synth"
+"""The 116-byte text at the start of a v5 .mat file. scipy writes the creation time there, which
+made two generations of the same seed differ whenever they straddled a second."""
+
+
+def mat_bytes(variables: dict[str, np.ndarray]) -> bytes:
+    """A compressed v5 .mat file of `variables`, byte-identical for identical contents."""
+    import io
+
     import scipy.io
 
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, variables, do_compression=True)
+    data = buffer.getvalue()
+    return MAT_HEADER.ljust(116) + data[116:]
+
+
+def write_val_mats(records: list[ImageRecord], *folders: Path) -> None:
     for name, variables in val_mat_contents(records).items():
+        data = mat_bytes(variables)
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
             if name == "wider_face_val.mat" or folder.name == "ground_truth":
-                scipy.io.savemat(folder / name, variables, do_compression=True)
+                (folder / name).write_bytes(data)
 
 
 # ---------------------------------------------------------------- whole data set

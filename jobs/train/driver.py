@@ -21,6 +21,8 @@ from data_shards.manifest import manifest_url, read_manifest
 from data_shards.storage import StorageAccessError, check_access, is_s3_url, split_s3_url
 from jobs.environment import JobEnvironment
 from jobs.spec import REPO_ROOT, JobSpec, SpecError
+from jobs.train import faults
+from jobs.train.checkpoint_store import CheckpointStore
 from jobs.train.tracking import finish_run, run_url, start_or_resume_run
 from jobs.train.worker import WorkerJob, train_loop_per_worker
 
@@ -146,6 +148,7 @@ def build_trainer(spec: JobSpec, env: JobEnvironment, run_name: str, run_id: str
         tracking_uri=env.mlflow_uri, run_id=run_id,
         s3={"endpoint_url": env.s3.endpoint_url, "access_key": env.s3.access_key,
             "secret_key": env.s3.secret_key, "region": env.s3.region},
+        faults=tuple(dataclasses.asdict(f) for f in faults.plan_from_env()),
     )
     scaling = spec.scaling
     return TorchTrainer(
@@ -209,6 +212,7 @@ def run_training(spec: JobSpec, *, resume: str | None = None, env: JobEnvironmen
         model_uri = None
         if best is not None and spec.tracking.log_model:
             model_uri = log_best_model(env.mlflow_uri, run_id, best, spec)
+        prune_unregistered_checkpoints(spec, env, run_name, result)
     except BaseException:
         finish_run(env.mlflow_uri, run_id, "FAILED")
         raise
@@ -216,6 +220,24 @@ def run_training(spec: JobSpec, *, resume: str | None = None, env: JobEnvironmen
     return TrainingOutcome(run_name=run_name, mlflow_run_id=run_id, mlflow_run_url=run_url(env.mlflow_uri, run_id),
                            metrics=dict(result.metrics or {}), best_checkpoint=best.path if best else None,
                            model_uri=model_uri)
+
+
+def prune_unregistered_checkpoints(spec: JobSpec, env: JobEnvironment, run_name: str, result) -> None:
+    """Delete the run's checkpoint folders that Ray did not keep (after a successful fit).
+
+    Ray's `num_to_keep` manages only what it registered; a checkpoint a worker completed just
+    before dying, which a restarted group resumed from (jobs/train/checkpoint_store.py), is known
+    to the platform alone, and so is removed by it.
+    """
+    from pyarrow import fs
+
+    storage_path, filesystem = storage_for(spec, env)
+    kept = {checkpoint.path for checkpoint, _ in result.best_checkpoints or []}
+    if result.checkpoint is not None:
+        kept.add(result.checkpoint.path)
+    store = CheckpointStore(filesystem or fs.LocalFileSystem(), f"{storage_path}/{run_name}")
+    for path in store.prune_except(kept):
+        log.info("pruned checkpoint %s (not kept by Ray)", path)
 
 
 def log_best_model(tracking_uri: str, run_id: str, checkpoint, spec: JobSpec) -> str:

@@ -23,6 +23,8 @@ from data_shards.loader import make_train_loader, make_val_loader
 from data_shards.storage import S3Settings
 from isrn_model.builder import build_isrn
 from jobs.spec import JobSpec
+from jobs.train import faults
+from jobs.train.checkpoint_store import CheckpointStore, StoredCheckpoint, checkpoint_dir_name, step_of
 from jobs.train.checkpoints import TrainingState, load_checkpoint, save_checkpoint, unwrap
 from jobs.train.evaluation import evaluate_epoch
 from jobs.train.schedule import build_optimizer, learning_rate, set_learning_rate
@@ -41,6 +43,8 @@ class WorkerJob:
     tracking_uri: str
     run_id: str | None
     s3: dict[str, Any]
+    faults: tuple[dict[str, Any], ...] = ()
+    """Fault-injection plan of the platform's own tests (`jobs/train/faults.py`); empty otherwise."""
 
     @property
     def s3_settings(self) -> S3Settings:
@@ -57,16 +61,18 @@ class Session(Protocol):
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
     def restore_dir(self) -> Path | None: ...
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+    def step_done(self, step: int) -> None: ...
 
 
 class LocalSession:
-    """One process, no Ray: checkpoints go to `checkpoint_root/step_N`."""
+    """One process, no Ray: checkpoints go to `checkpoint_root/step_N`, complete ones resume."""
 
     rank = 0
     world_size = 1
 
     def __init__(self, checkpoint_root: Path, restore_from: Path | None = None) -> None:
         self.checkpoint_root = Path(checkpoint_root)
+        self.store = CheckpointStore.local(self.checkpoint_root)
         self._restore = restore_from
         self.reports: list[dict[str, Any]] = []
 
@@ -77,27 +83,36 @@ class LocalSession:
         return model
 
     def restore_dir(self) -> Path | None:
-        return self._restore
+        if self._restore is not None:
+            return self._restore
+        latest = self.store.latest()
+        return Path(latest.path) if latest else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        import shutil
+
         self.reports.append(dict(metrics))
         if checkpoint_dir is not None:
-            import shutil
+            self.store.upload(checkpoint_dir, step=metrics["step"], epoch=metrics["epoch"], metrics=metrics)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            self._restore = None
 
-            target = self.checkpoint_root / f"step_{metrics['step']:08d}"
-            shutil.move(checkpoint_dir, target)
-            self._restore = target
+    def step_done(self, step: int) -> None:
+        pass
 
 
 class RaySession:
-    """Inside a Ray Train worker."""
+    """Inside a Ray Train worker: checkpoints in the run's storage folder, step-named, with markers."""
 
-    def __init__(self) -> None:
+    def __init__(self, fault_plan: tuple[dict[str, Any], ...] = ()) -> None:
         import ray.train
 
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
+        storage = context.get_storage()  # a DeveloperAPI: Ray's own filesystem and run folder
+        self.store = CheckpointStore(storage.storage_filesystem, storage.experiment_fs_path)
+        self.faults = tuple(faults.Fault(**f) for f in fault_plan)
 
     def device(self) -> torch.device:
         import ray.train.torch
@@ -110,13 +125,35 @@ class RaySession:
         return ray.train.torch.prepare_model(model)
 
     def restore_dir(self) -> Path | None:
+        """A local copy of the checkpoint to resume from, the same on every rank (None: start fresh).
+
+        Ray's registered checkpoint or the newest complete one in storage, whichever is later: a
+        worker that died between its upload and Ray's collection of the report left the newer one
+        in storage only (jobs/train/checkpoint_store.py).
+        """
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        choice: StoredCheckpoint | None = None
+        if self.rank == 0:
+            registered = ray.train.get_checkpoint()
+            stored = self.store.latest()
+            choice = stored
+            if registered is not None and (stored is None or (step_of(registered.path) or 0) > stored.step):
+                choice = self.store.read(registered.path) or StoredCheckpoint(
+                    step=step_of(registered.path) or 0, epoch=-1, path=registered.path)
+            if choice is not None:
+                source = "registered by Ray" if registered is not None and registered.path.rstrip("/") == choice.path \
+                    else "found in storage, never registered by Ray"
+                log.info("resuming from %s (step %d, %s)", choice.path, choice.step, source)
+            # No upload of this run is in flight while a worker group starts: folders without a
+            # marker are half uploads of a dead worker. (Later ones cannot exist: we resume from
+            # the newest complete one and will overwrite the same step names.)
+            for path in self.store.prune_incomplete():
+                log.warning("removed the incomplete checkpoint folder %s", path)
+        choice = _broadcast_from_rank_0(choice)
+        if choice is None:
             return None
-        # A local copy: the checkpoint may live in S3.
-        return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="isrn-restore-")))
+        return self.store.download(choice.path, Path(tempfile.mkdtemp(prefix="isrn-restore-")))
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         import ray.train
@@ -126,17 +163,54 @@ class RaySession:
             # A barrier: every rank calls it the same number of times, only rank 0 passes a checkpoint.
             ray.train.report(metrics)
             return
-        # The upload to S3 runs in the background while training goes on (bench/train_overhead.py:
-        # a synchronous upload cost ~15% of step time); Ray deletes the local copy once uploaded.
+        step, epoch = int(metrics["step"]), int(metrics["epoch"])
+
+        def upload(checkpoint: "ray.train.Checkpoint", name: str) -> "ray.train.Checkpoint":
+            path = self.store.upload(Path(checkpoint.path), step=step, epoch=epoch, metrics=metrics)
+            for index in faults.due(self.faults, "checkpoint_uploaded", step, self.rank):
+                faults.fire(index, self.faults[index], self.store.filesystem, self.store.run_path)
+            return ray.train.Checkpoint(path=path, filesystem=self.store.filesystem)
+
+        # The upload runs in the background while training goes on (bench/train_overhead.py: a
+        # synchronous upload cost ~15% of step time); Ray deletes the local copy once uploaded.
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)),
+                         checkpoint_dir_name=checkpoint_dir_name(step),
                          checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
-                         delete_local_checkpoint_after_upload=True)
+                         delete_local_checkpoint_after_upload=True, checkpoint_upload_fn=upload)
+
+    def step_done(self, step: int) -> None:
+        for index in faults.due(self.faults, "step_end", step, self.rank):
+            if self.faults[index].after_commit:
+                import ray.train
+                from ray.train import CheckpointConsistencyMode
+
+                ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+            faults.fire(index, self.faults[index], self.store.filesystem, self.store.run_path)
+
+
+def _broadcast_from_rank_0(value: Any) -> Any:
+    """Rank 0's `value` on every rank (a collective; the value itself without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=_collective_device())
+    return box[0]
+
+
+def _collective_device() -> torch.device | None:
+    """NCCL moves objects through the GPU, gloo through the CPU."""
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: `config` = {"spec": resolved spec dict, "job": WorkerJob fields}."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(JobSpec.model_validate(config["spec"]), WorkerJob(**config["job"]), RaySession())
+    job = WorkerJob(**config["job"])
+    run_worker(JobSpec.model_validate(config["spec"]), job, RaySession(job.faults))
 
 
 def run_worker(spec: JobSpec, job: WorkerJob, session: Session) -> TrainingState:
@@ -188,6 +262,7 @@ def run_worker(spec: JobSpec, job: WorkerJob, session: Session) -> TrainingState
                                 amp=spec.train.amp, grad_clip_norm=spec.train.grad_clip_norm)
             finished = time.perf_counter()
             state.step += 1
+            session.step_done(state.step)
             data_s, compute_s = started - waited, finished - started
             if state.step % spec.train.log_every_steps == 0 or state.step == total_steps:
                 metrics = {**losses, "lr": lr, "data_s": data_s, "compute_s": compute_s,

@@ -22,7 +22,8 @@ from pathlib import Path
 from data_shards.manifest import manifest_url
 from jobs.environment import JobEnvironment
 from jobs.spec import load_spec
-from jobs.train.driver import build_trainer, connect_ray, ensure_data
+from jobs.preparation import PreparedJob, connect_ray, ensure_data
+from jobs.train.driver import build_trainer
 from jobs.train.worker import LocalSession, WorkerJob, run_worker
 
 
@@ -43,8 +44,7 @@ def main() -> None:
     env = JobEnvironment.resolve()
     ensure_data(spec, env)
     job = WorkerJob(train_manifest=manifest_url(spec.data.shards, "train"),
-                    val_manifest=manifest_url(spec.data.shards, "val"), tracking_uri="", run_id=None,
-                    s3={"endpoint_url": None, "access_key": None, "secret_key": None, "region": "us-east-1"})
+                    val_manifest=manifest_url(spec.data.shards, "val"), tracking_uri="", run_id=None)
 
     started = time.perf_counter()
     session = LocalSession(work / "local-checkpoints")
@@ -67,7 +67,9 @@ def main() -> None:
     task, task_total = ray.get(plain_loop_in_ray_task.remote())
 
     started = time.perf_counter()
-    result = build_trainer(spec, env, f"bench-{int(time.time())}", None).fit()
+    prepared = PreparedJob(spec=spec, env=env, train_manifest=job.train_manifest, val_manifest=job.val_manifest,
+                           lineage={})
+    result = build_trainer(prepared, f"bench-{int(time.time())}", None).fit()
     ray_total = time.perf_counter() - started
     remote = result.metrics
 

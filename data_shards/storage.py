@@ -4,12 +4,14 @@ Endpoint and credentials come from the standard AWS variables, resolved in one p
 shard writer, the loader and the trainer (Ray's checkpoint storage) all agree:
 
     AWS_ENDPOINT_URL       e.g. http://127.0.0.1:8333 (SeaweedFS); unset means AWS itself
-    AWS_ACCESS_KEY_ID      required for s3:// URLs
-    AWS_SECRET_ACCESS_KEY  required for s3:// URLs
+    AWS_ACCESS_KEY_ID      static keys (the local platform, MinIO); when unset, boto3 and pyarrow
+    AWS_SECRET_ACCESS_KEY  use the standard AWS credential chain: AWS_PROFILE and ~/.aws, a web
+                           identity token (IRSA on EKS), container or instance credentials
     AWS_DEFAULT_REGION     default us-east-1
 
-`check_access(url, settings)` fails early, with a message naming the missing variable, the
-endpoint or the bucket, so a job never starts dataloader workers against a store it cannot read.
+`check_access(url, settings)` fails early, with a message naming the missing credential (and the
+chain that was tried), the endpoint or the bucket, so a job never starts dataloader workers
+against a store it cannot read.
 """
 
 from __future__ import annotations
@@ -57,14 +59,32 @@ class S3Settings:
             region=env.get("AWS_DEFAULT_REGION") or "us-east-1",
         )
 
-    def missing(self) -> list[str]:
-        """Names of the environment variables that a usable setting still lacks."""
-        names = []
-        if not self.access_key:
-            names.append("AWS_ACCESS_KEY_ID")
-        if not self.secret_key:
-            names.append("AWS_SECRET_ACCESS_KEY")
-        return names
+    def credentials_problem(self) -> str | None:
+        """What is wrong with the credentials, or None when some are available.
+
+        Static keys must come in pairs; without them, the standard AWS chain must find some.
+        """
+        if bool(self.access_key) != bool(self.secret_key):
+            present, absent = (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if self.access_key
+                               else ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"))
+            return f"{present} is set but {absent} is not: set both, or neither to use the AWS credential chain"
+        if self.access_key:
+            return None
+        import boto3
+
+        if boto3.Session(region_name=self.region).get_credentials() is None:
+            return ("no S3 credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are unset and the AWS credential "
+                    f"chain found none ({CREDENTIAL_CHAIN}); for the local platform run `isrn platform up`")
+        return None
+
+    def exported(self) -> dict[str, str]:
+        """These settings as the standard AWS_* variables (for a process environment, never for a job)."""
+        env = {"AWS_DEFAULT_REGION": self.region}
+        if self.endpoint_url:
+            env["AWS_ENDPOINT_URL"] = self.endpoint_url
+        if self.access_key and self.secret_key:
+            env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
+        return env
 
     def __repr__(self) -> str:  # never print the secret
         return (
@@ -93,15 +113,23 @@ def s3_client(settings: S3Settings) -> Any:
     )
 
 
+CREDENTIAL_CHAIN = ("environment variables, AWS_PROFILE / ~/.aws/credentials and ~/.aws/config, "
+                    "web identity (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE: IRSA), container and instance "
+                    "metadata credentials")
+
+
 def arrow_s3_filesystem(settings: S3Settings) -> Any:
-    """A `pyarrow.fs.S3FileSystem` for Ray's checkpoint storage (use paths `bucket/prefix`, no s3://)."""
+    """A `pyarrow.fs.S3FileSystem` for Ray's checkpoint storage (use paths `bucket/prefix`, no s3://).
+
+    It carries the endpoint and region but never the keys: Ray pickles it into the trainer, the
+    run config and Tune's experiment state (stored in the checkpoint bucket), and every process
+    that unpickles it takes credentials from its own environment through the AWS chain, as
+    boto3 does. A process that holds keys only in `settings` must export them first
+    (`S3Settings.exported`).
+    """
     from pyarrow import fs
 
-    kwargs: dict[str, Any] = {
-        "access_key": settings.access_key,
-        "secret_key": settings.secret_key,
-        "region": settings.region,
-    }
+    kwargs: dict[str, Any] = {"region": settings.region}
     if settings.endpoint_url:
         parsed = urlparse(settings.endpoint_url)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
@@ -162,10 +190,8 @@ def check_access(url: str, settings: S3Settings | None = None, *, write: bool = 
 
     settings = settings or S3Settings.from_env()
     bucket, _ = split_s3_url(url)
-    if missing := settings.missing():
-        raise StorageAccessError(
-            f"cannot use {url!r}: S3 credentials missing, set {' and '.join(missing)}"
-        )
+    if problem := settings.credentials_problem():
+        raise StorageAccessError(f"cannot use {url!r}: {problem}")
     endpoint = settings.endpoint_url or "the AWS default endpoint (AWS_ENDPOINT_URL is unset)"
     client = s3_client(settings)
     try:

@@ -111,6 +111,11 @@ class ScalingSpec(_Section):
     collective_timeout_s: int = Field(
         default=300, gt=0, description="DDP collective timeout; Ray's default of 1800 s hides hangs.",
     )
+    resources_timeout_s: float = Field(
+        default=600, ge=0, description="How long a job waits for the cluster (its autoscaler, or whoever adds "
+                                       "nodes) to offer its workers before failing; a request no node could "
+                                       "ever hold fails at once.",
+    )
 
 
 class JobSpec(_Section):

@@ -42,9 +42,12 @@ class WiderFaceEvaluator:
         self._gather = gather
         self._keys = set(ground_truth.keys())
         self._detections: Detections = {}
+        self.unprocessed = 0
+        """Ground-truth images that no rank processed, after the last `evaluate` (counted as no detections)."""
 
     def reset(self) -> None:
         self._detections = {}
+        self.unprocessed = 0
 
     def process(self, image_key: ImageKey, boxes_xyxy: np.ndarray, scores: np.ndarray) -> None:
         """Add the detections of one image.
@@ -85,6 +88,7 @@ class WiderFaceEvaluator:
             detections = {}
             for part in gathered:
                 detections.update(part)
+        self.unprocessed = len(self._keys - set(detections))
         return evaluate(detections, self.ground_truth, float_iou=self.float_iou)
 
     def write(self, pred_dir: str | Path, *, overwrite: bool = False) -> Path:

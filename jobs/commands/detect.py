@@ -116,23 +116,21 @@ def detect(images: tuple[Path, ...], model_uri: str, out_dir: Path, score_thresh
         click.echo(f"{path}: {len(boxes)} faces -> {out_dir / (path.stem + '.json')}")
 
 
-def predict_split(detector: Detector, shards: str, settings: Any) -> dict[tuple[str, str], np.ndarray]:
-    """WIDER-format predictions (x, y, w, h, score) of every image of the val split at `shards`."""
+def predict_split(detector: Detector, shards: str, settings: Any, evaluator: Any) -> None:
+    """Feed the detections of every image of the val split at `shards` to a `WiderFaceEvaluator`."""
     from data_shards.loader import LoaderConfig, make_val_loader
     from data_shards.manifest import manifest_url
 
     # The loader's own resize-and-pad is the letterbox: long side <= S, padded to a multiple of S.
     config = LoaderConfig(val_batch_size=1, val_max_size=detector.size, val_size_multiple=detector.size,
                           num_workers=0)
-    predictions = {}
     for batch in make_val_loader(manifest_url(shards, "val"), config, settings=settings):
         if not bool(batch["valid"][0]):
             continue
         height, width = (int(v) for v in batch["image_sizes"][0])
         rows = boxes_to_original(detector.raw(batch["images"].numpy())[0], float(batch["scales"][0]), height, width,
                                  score_threshold=1e-6)
-        predictions[tuple(batch["keys"][0])] = np.column_stack([rows[:, :2], rows[:, 2:4] - rows[:, :2], rows[:, 4]])
-    return predictions
+        evaluator.process(tuple(batch["keys"][0]), rows[:, :4], rows[:, 4])
 
 
 @click.command()
@@ -145,7 +143,7 @@ def eval_model(model_uri: str, shards: str, export_size: int | None, as_json: bo
     import tempfile
 
     from data_shards.manifest import fetch_ground_truth, manifest_url
-    from isrn_model.wider_eval import evaluate, load_ground_truth
+    from isrn_model.wider_eval import WiderFaceEvaluator, load_ground_truth
     from jobs.environment import JobEnvironment
 
     settings = JobEnvironment.resolve().s3
@@ -156,7 +154,9 @@ def eval_model(model_uri: str, shards: str, export_size: int | None, as_json: bo
             ground_truth = load_ground_truth(Path(directory))
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(f"{shards}: {error}") from None
-    result = evaluate(predict_split(detector, shards, settings), ground_truth)
+    evaluator = WiderFaceEvaluator(ground_truth)
+    predict_split(detector, shards, settings, evaluator)
+    result = evaluator.evaluate()
     if as_json:
         click.echo(json.dumps(result.ap))
         return

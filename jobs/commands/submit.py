@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from jobs import tags
 from jobs.spec import SpecError, load_spec
 
 _ADDRESS_HELP = "Ray Jobs API address (default: RAY_API_SERVER_ADDRESS, else the local head's dashboard)."
@@ -50,7 +51,7 @@ def submit(spec: str, address: str | None, overrides: tuple[str, ...], command: 
     client, address = _client(address)
     entrypoint, runtime_env, _ = build_submission(job_spec, command, JobEnvironment.resolve(), address, python)
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                               metadata={"isrn.spec": job_spec.name, "isrn.command": command})
+                               metadata={tags.SPEC: job_spec.name, tags.COMMAND: command})
     click.echo(f"submitted job {job_id} to {address}")
     if no_wait:
         click.echo(f"follow it with: isrn jobs logs {job_id} --follow")

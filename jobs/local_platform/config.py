@@ -1,7 +1,10 @@
-"""Typed configuration of the local platform, from `platform/local.yaml` plus environment overrides.
+"""Typed configuration of the local platform: defaults in code, a YAML file and variables override.
 
-An override is `ISRN_<SECTION>_<FIELD>` (`ISRN_MLFLOW_PORT=5001`), or `ISRN_<FIELD>` for the
-top-level fields (`ISRN_STATE_DIR`). Unknown keys in the file are rejected by name.
+The defaults below are the platform; nothing needs a file, so an installed package (`pip install .`,
+the container image) runs from any folder. `ISRN_PLATFORM_CONFIG=FILE` names a YAML file of
+overrides (`platform/local.yaml` in the repository documents every field), and a variable
+`ISRN_<SECTION>_<FIELD>` (`ISRN_MLFLOW_PORT=5001`), or `ISRN_<FIELD>` for the top-level fields
+(`ISRN_STATE_DIR`), overrides both. Unknown keys are rejected by name.
 """
 
 from __future__ import annotations
@@ -11,24 +14,28 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG_PATH = REPO_ROOT / "platform" / "local.yaml"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from jobs.sections import Section, describe_errors
 
 
-class S3Config(_Section):
+def default_state_dir() -> Path:
+    """`$XDG_STATE_HOME/isrn` (`~/.local/state/isrn`): the same wherever a command runs from."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "isrn"
+
+
+class S3Config(Section):
     port: int = 8333
+    """The S3 API. SeaweedFS moves to the next port when one is busy, so every port it opens is
+    pinned and checked before start (shared/PLATFORM.md)."""
     master_port: int = 9333
     volume_port: int = 8080
     filer_port: int = 8888
     webdav_port: int = 7333
     admin_port: int = 23646
     access_key: str = "isrn-local"
+    """Development credentials of the local store. SeaweedFS enforces them: without credentials
+    pyarrow's multipart uploads fail silently and Ray loses checkpoints."""
     secret_key: str = "isrn-local-secret"
     region: str = "us-east-1"
     bucket_shards: str = "isrn-shards"
@@ -40,12 +47,13 @@ class S3Config(_Section):
         return (self.bucket_shards, self.bucket_checkpoints, self.bucket_mlflow)
 
 
-class MlflowConfig(_Section):
+class MlflowConfig(Section):
     port: int = 5000
     workers: int = 1
+    """Uvicorn workers of the tracking server; one is plenty on a 2-core machine."""
 
 
-class RayConfig(_Section):
+class RayConfig(Section):
     port: int = 6379
     dashboard_port: int = 8265
     client_server_port: int = 10001
@@ -54,11 +62,13 @@ class RayConfig(_Section):
     metrics_export_port: int = 8090
     runtime_env_agent_port: int = 52367
     num_cpus: int | None = None
+    """CPUs the head offers to Train workers; None: all cores of the machine."""
     auth_mode: Literal["disabled", "token"] = "disabled"
 
 
-class PlatformConfig(_Section):
-    state_dir: Path = Path(".state")
+class PlatformConfig(Section):
+    state_dir: Path | None = None
+    """Data, logs and pid files of the services; None: `$XDG_STATE_HOME/isrn` (~/.local/state/isrn)."""
     host: str = "127.0.0.1"
     s3: S3Config = S3Config()
     mlflow: MlflowConfig = MlflowConfig()
@@ -66,8 +76,7 @@ class PlatformConfig(_Section):
 
     @property
     def state_path(self) -> Path:
-        path = self.state_dir.expanduser()
-        return path if path.is_absolute() else REPO_ROOT / path
+        return (self.state_dir.expanduser() if self.state_dir else default_state_dir()).absolute()
 
     @property
     def s3_endpoint(self) -> str:
@@ -84,6 +93,20 @@ class PlatformConfig(_Section):
     @property
     def ray_gcs_address(self) -> str:
         return f"{self.host}:{self.ray.port}"
+
+    def service_env(self) -> dict[str, str]:
+        """What the Ray head (and so every worker it starts) holds in its environment: the S3
+        credentials and the MLflow address live here, on the machine, and never travel with a job."""
+        return {
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": self.s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
+            "AWS_DEFAULT_REGION": self.s3.region,
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            # Train's placement-group cleaner calls ray.init() and refuses to guess when several
+            # Ray instances run on the machine.
+            "RAY_ADDRESS": self.ray_gcs_address,
+        }
 
     def client_env(self) -> dict[str, str]:
         """Environment variables that point boto3, pyarrow, MLflow and Ray clients at this platform."""
@@ -107,7 +130,7 @@ def _apply_env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[s
     merged = {key: (dict(value) if isinstance(value, dict) else value) for key, value in raw.items()}
     for name, field in PlatformConfig.model_fields.items():
         section_type = field.annotation
-        if isinstance(section_type, type) and issubclass(section_type, _Section):
+        if isinstance(section_type, type) and issubclass(section_type, Section):
             for sub in section_type.model_fields:
                 env_name = f"ISRN_{name}_{sub}".upper()
                 if env_name in environ:
@@ -120,18 +143,20 @@ def _apply_env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[s
 
 
 def load_platform_config(path: Path | None = None, environ: dict[str, str] | None = None) -> PlatformConfig:
-    """Read the platform file (ISRN_PLATFORM_CONFIG or platform/local.yaml) and apply overrides."""
+    """The defaults, overridden by the file `path` or ISRN_PLATFORM_CONFIG (if any), then by variables."""
     environ = dict(os.environ if environ is None else environ)
-    path = Path(path or environ.get("ISRN_PLATFORM_CONFIG") or DEFAULT_CONFIG_PATH)
-    if not path.is_file():
-        raise FileNotFoundError(f"platform config {path} not found; set ISRN_PLATFORM_CONFIG to a YAML file")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    source = path or environ.get("ISRN_PLATFORM_CONFIG")
+    raw: Any = {}
+    if source:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"platform config {path} (ISRN_PLATFORM_CONFIG) not found: give a YAML file, "
+                                    "or unset it to use the defaults")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
         return PlatformConfig.model_validate(_apply_env_overrides(raw, environ))
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-        )
-        raise ValueError(f"{path}: {problems} (environment overrides: ISRN_<SECTION>_<FIELD>)") from None
+        where = f"{path}" if source else "platform defaults"
+        raise ValueError(f"{where}: {describe_errors(error)} (environment overrides: ISRN_<SECTION>_<FIELD>)") from None

@@ -30,6 +30,9 @@ from jobs.local_platform.config import PlatformConfig
 log = logging.getLogger(__name__)
 
 SERVICE_ORDER = ("s3", "mlflow", "ray")
+PLATFORM_LABEL = "isrn.io/local-platform"
+"""A node label of the local head, valued with the state directory's platform id: how a client
+recognises this machine's platform by asking the cluster, whatever address reaches it."""
 
 
 class PlatformError(RuntimeError):
@@ -203,12 +206,31 @@ class Platform:
         ]
         if r.num_cpus is not None:
             command.append(f"--num-cpus={r.num_cpus}")
-        env = {"RAY_AUTH_MODE": r.auth_mode, "RAY_USAGE_STATS_ENABLED": "0"}
+        command.append(f"--labels={PLATFORM_LABEL}={self.platform_id}")
+        env = {"RAY_AUTH_MODE": r.auth_mode, "RAY_USAGE_STATS_ENABLED": "0", **c.service_env()}
         health = lambda: _http_ok(f"{c.ray_dashboard_url}/api/version")  # noqa: E731
         return _Service("ray", c.ray_dashboard_url, ports, command, env, health, 120.0)
 
     def _services(self) -> dict[str, _Service]:
         return {"s3": self._s3_service(), "mlflow": self._mlflow_service(), "ray": self._ray_service()}
+
+    @property
+    def platform_id(self) -> str | None:
+        """A random id made by the first `up`, kept in the state directory (None before)."""
+        try:
+            return (self.state / "platform-id").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _ensure_platform_id(self) -> None:
+        if self.platform_id is None:
+            import uuid
+
+            (self.state / "platform-id").write_text(uuid.uuid4().hex[:16] + "\n")
+
+    def is_running(self, name: str = "ray") -> bool:
+        """Whether `up` started `name` and its process lives (no network call)."""
+        return self._running_pid(name) is not None
 
     # ---- process bookkeeping ---------------------------------------------------------------
     def _pid_file(self, name: str) -> Path:
@@ -243,6 +265,7 @@ class Platform:
             raise ValueError(f"unknown services {sorted(unknown)}; choose from {SERVICE_ORDER}")
         for directory in (self.run_dir, self.log_dir, self.state / "s3", self.state / "mlflow"):
             directory.mkdir(parents=True, exist_ok=True)
+        self._ensure_platform_id()
         services = self._services()
         for name in (n for n in SERVICE_ORDER if n in only):
             service = services[name]

@@ -1,4 +1,5 @@
-"""Epoch-end evaluation: inference shared across ranks, detections gathered to rank 0, official AP.
+"""Epoch-end evaluation: every rank detects its share of the val set, the project's evaluator gathers
+them to rank 0 and computes the official WIDER FACE AP.
 
 Rank 0 also logs the PR curves and a grid of val images with true (green) and predicted (red)
 boxes to the MLflow run.
@@ -20,9 +21,10 @@ import torch.distributed as dist
 
 from data_shards.manifest import fetch_ground_truth
 from data_shards.storage import S3Settings
-from isrn_model.wider_eval import WiderGroundTruth, evaluate, load_ground_truth
+from isrn_model.wider_eval import WiderFaceEvaluator, WiderGroundTruth, WiderResult, load_ground_truth
 from isrn_model.wider_eval.plot import plot_pr_curves
 from jobs.train.steps import detect_batch
+from jobs.train.tracking import NullTracker
 
 log = logging.getLogger(__name__)
 
@@ -31,43 +33,46 @@ GRID_SCORE_THRESHOLD = 0.5
 
 
 @functools.lru_cache(maxsize=4)
-def ground_truth_of(val_manifest: str, s3: tuple[tuple[str, Any], ...]) -> WiderGroundTruth:
+def ground_truth_of(val_manifest: str, settings: S3Settings) -> WiderGroundTruth:
     """The official .mat ground truth shipped beside a val manifest (downloaded once per process)."""
-    directory = Path(tempfile.mkdtemp(prefix="isrn-gt-"))
-    fetch_ground_truth(val_manifest, directory, S3Settings(**dict(s3)))
-    return load_ground_truth(directory)
+    with tempfile.TemporaryDirectory(prefix="isrn-gt-") as directory:
+        fetch_ground_truth(val_manifest, directory, settings)
+        return load_ground_truth(Path(directory))
 
 
 def gather_to_main(part: dict) -> list[dict] | None:
-    """Every rank's dict on rank 0 (None elsewhere); the local dict alone without a process group."""
+    """Every rank's dict on rank 0 (None elsewhere); the local dict alone without a process group.
+
+    A collective: every rank calls it.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [part]
     parts: list[dict] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None  # type: ignore[list-item]
-    dist.gather_object(part, parts, dst=0)  # a collective: every rank calls it
+    dist.gather_object(part, parts, dst=0)
     return parts
 
 
-def evaluate_epoch(model: torch.nn.Module, val_loader, device: torch.device, *, job, epoch: int, step: int,
-                   is_main: bool, tracker, grid_size: int) -> dict[str, float] | None:
+def evaluate_epoch(model: torch.nn.Module, val_loader, device: torch.device, *, ground_truth: WiderGroundTruth,
+                   epoch: int, is_main: bool, tracker: NullTracker, grid_size: int) -> dict[str, float] | None:
     """AP per setting on rank 0 (None on other ranks); every rank runs its share of the val set."""
-    detections: dict[tuple[str, str], np.ndarray] = {}
+    evaluator = WiderFaceEvaluator(ground_truth, gather=gather_to_main)
     grid: list[np.ndarray] = []
     for batch in val_loader:
-        rows = dict(detect_batch(model, batch, device))
-        detections.update(rows)
+        detections = list(detect_batch(model, batch, device))
+        for key, boxes, scores in detections:
+            evaluator.process(key, boxes, scores)
         if is_main and len(grid) < grid_size:
-            grid.extend(_draw(batch, rows, grid_size - len(grid)))
-    parts = gather_to_main(detections)
-    if not is_main or parts is None:
+            grid.extend(_draw(batch, {key: (boxes, scores) for key, boxes, scores in detections}, grid_size - len(grid)))
+    result = evaluator.evaluate()
+    if result is None:
         return None
-    merged: dict[tuple[str, str], np.ndarray] = {}
-    for part in parts:
-        merged.update(part)
-    ground_truth = ground_truth_of(job.val_manifest, tuple(sorted(job.s3.items())))
-    missing = set(ground_truth.keys()) - set(merged)
-    if missing:
-        log.warning("epoch %d: %d val images produced no output (skipped as corrupt?)", epoch, len(missing))
-    result = evaluate(merged, ground_truth)
+    if evaluator.unprocessed:
+        log.warning("epoch %d: %d val images produced no output (skipped as corrupt?)", epoch, evaluator.unprocessed)
+    _log_artifacts(tracker, result, grid, epoch)
+    return {setting: float(ap) for setting, ap in result.ap.items()}
+
+
+def _log_artifacts(tracker: NullTracker, result: WiderResult, grid: list[np.ndarray], epoch: int) -> None:
     with tempfile.TemporaryDirectory(prefix="isrn-eval-") as directory:
         plot = plot_pr_curves(result, Path(directory) / f"pr_epoch_{epoch:03d}.png", label=f"epoch {epoch}")
         tracker.log_artifact(plot, "pr_curves")
@@ -75,25 +80,25 @@ def evaluate_epoch(model: torch.nn.Module, val_loader, device: torch.device, *, 
             path = Path(directory) / f"val_epoch_{epoch:03d}.jpg"
             cv2.imwrite(str(path), _tile(grid))
             tracker.log_artifact(path, "val_images")
-    return {setting: float(ap) for setting, ap in result.ap.items()}
 
 
-def _draw(batch: dict[str, Any], rows: dict, limit: int) -> list[np.ndarray]:
+def _draw(batch: dict[str, Any], detections: dict, limit: int) -> list[np.ndarray]:
     """Val images of the batch (original size) with true boxes in green, detections ≥ 0.5 in red."""
     drawn = []
     for index, (key, scale, valid) in enumerate(zip(batch["keys"], batch["scales"], batch["valid"])):
         if not bool(valid) or len(drawn) >= limit:
             continue
         height, width = (int(v) for v in batch["image_sizes"][index])
+        s = float(scale)
         image = batch["images"][index].permute(1, 2, 0).numpy()
-        image = image[: max(1, round(height * float(scale))), : max(1, round(width * float(scale)))]
+        image = image[: max(1, round(height * s)), : max(1, round(width * s))]
         image = cv2.cvtColor(np.ascontiguousarray(image.clip(0, 255).astype(np.uint8)), cv2.COLOR_RGB2BGR)
-        for x1, y1, x2, y2 in batch["targets"][index]["boxes"].numpy() * float(scale):
+        for x1, y1, x2, y2 in batch["targets"][index]["boxes"].numpy() * s:
             cv2.rectangle(image, (int(x1), int(y1)), (int(x2), int(y2)), (0, 200, 0), 1)
-        for x, y, w, h, score in rows.get(tuple(key), np.zeros((0, 5))):
+        boxes, scores = detections.get(tuple(key), (np.zeros((0, 4)), np.zeros(0)))
+        for (x1, y1, x2, y2), score in zip(boxes * s, scores):
             if score >= GRID_SCORE_THRESHOLD:
-                s = float(scale)
-                cv2.rectangle(image, (int(x * s), int(y * s)), (int((x + w) * s), int((y + h) * s)), (0, 0, 255), 1)
+                cv2.rectangle(image, (int(x1), int(y1)), (int(x2), int(y2)), (0, 0, 255), 1)
         drawn.append(image)
     return drawn
 

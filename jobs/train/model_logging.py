@@ -11,6 +11,7 @@ import torch
 
 from isrn_model.builder import build_isrn
 from isrn_model.export import ExportableISRN, save_model
+from jobs import tags
 from jobs.spec import JobSpec
 from jobs.train.checkpoints import load_checkpoint
 
@@ -56,6 +57,6 @@ def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: Job
             metadata={"export_size": size, "output": "x1,y1,x2,y2,score", "spec_fingerprint": spec.fingerprint()},
             params={"checkpoint": checkpoint_uri or str(checkpoint_dir)},
         )
-        mlflow.set_tags({"isrn.model_uri": info.model_uri, "isrn.best_checkpoint": checkpoint_uri or ""})
+        mlflow.set_tags({tags.MODEL_URI: info.model_uri, tags.BEST_CHECKPOINT: checkpoint_uri or ""})
     log.info("logged model %s", info.model_uri)
     return info.model_uri

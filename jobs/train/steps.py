@@ -68,17 +68,16 @@ def train_step(
 
 
 @torch.no_grad()
-def detect_batch(model: nn.Module, batch: dict[str, Any], device: torch.device) -> Iterator[tuple[tuple[str, str], np.ndarray]]:
+def detect_batch(model: nn.Module, batch: dict[str, Any],
+                 device: torch.device) -> Iterator[tuple[tuple[str, str], np.ndarray, np.ndarray]]:
     """Detections of the valid images of a val batch, in original-image pixels.
 
-    Yields ((event, image name), float64 [K, 5] rows `x, y, w, h, score`): the WIDER format.
+    Yields ((event, image name), float64 [K, 4] boxes x1, y1, x2, y2, float64 [K] scores).
     """
     model.eval()
     outputs = model(batch["images"].to(device))
     for output, key, scale, valid in zip(outputs, batch["keys"], batch["scales"], batch["valid"]):
         if not bool(valid):
             continue
-        boxes = output["boxes"].float().cpu().numpy() / float(scale)
-        scores = output["scores"].float().cpu().numpy()
-        rows = np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2], scores]).astype(np.float64)
-        yield tuple(key), rows
+        boxes = output["boxes"].double().cpu().numpy() / float(scale)
+        yield tuple(key), boxes, output["scores"].double().cpu().numpy()

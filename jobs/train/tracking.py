@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.tags import RAY_RUN_NAME
+
 log = logging.getLogger(__name__)
 
 
@@ -67,14 +69,14 @@ def start_or_resume_run(
     experiment_obj = client.get_experiment_by_name(experiment)
     experiment_id = experiment_obj.experiment_id if experiment_obj else client.create_experiment(experiment)
     existing = client.search_runs(
-        [experiment_id], filter_string=f"tags.`isrn.ray_run_name` = '{run_name}'", max_results=1
+        [experiment_id], filter_string=f"tags.`{RAY_RUN_NAME}` = '{run_name}'", max_results=1
     )
     if existing:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         log.info("resuming MLflow run %s (%s)", run_id, run_name)
         return run_id
-    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, "isrn.ray_run_name": run_name})
+    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, RAY_RUN_NAME: run_name})
     run_id = run.info.run_id
     items = list(params.items())
     for start in range(0, len(items), 90):  # log_batch takes at most 100 params

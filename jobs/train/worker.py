@@ -26,7 +26,7 @@ from jobs.spec import JobSpec
 from jobs.train import faults
 from jobs.train.checkpoint_store import CheckpointStore, StoredCheckpoint, checkpoint_dir_name, step_of
 from jobs.train.checkpoints import TrainingState, load_checkpoint, save_checkpoint, unwrap
-from jobs.train.evaluation import evaluate_epoch
+from jobs.train.evaluation import evaluate_epoch, ground_truth_of
 from jobs.train.schedule import build_optimizer, learning_rate, set_learning_rate
 from jobs.train.steps import train_step
 from jobs.train.tracking import describe, make_tracker
@@ -42,13 +42,8 @@ class WorkerJob:
     val_manifest: str
     tracking_uri: str
     run_id: str | None
-    s3: dict[str, Any]
     faults: tuple[dict[str, Any], ...] = ()
     """Fault-injection plan of the platform's own tests (`jobs/train/faults.py`); empty otherwise."""
-
-    @property
-    def s3_settings(self) -> S3Settings:
-        return S3Settings(**self.s3)
 
 
 class Session(Protocol):
@@ -236,7 +231,7 @@ def run_worker(spec: JobSpec, job: WorkerJob, session: Session) -> TrainingState
         log.info("rank %d resumed from %s at step %d (epoch %d)", session.rank, restore, state.step, state.epoch)
         tracker.log_metrics({"resumed_from_step": state.step}, step=state.step)
 
-    settings = job.s3_settings
+    settings = S3Settings.from_env()  # this process's environment: credentials never travel with the job
     train_loader = make_train_loader(job.train_manifest, spec.loader, rank=session.rank,
                                      world_size=session.world_size, settings=settings)
     steps_per_epoch = len(train_loader) // spec.train.grad_accum_steps
@@ -287,8 +282,8 @@ def run_worker(spec: JobSpec, job: WorkerJob, session: Session) -> TrainingState
         if state.epoch % spec.eval.every_epochs == 0 or state.epoch == spec.train.epochs:
             val_loader = make_val_loader(job.val_manifest, spec.loader, rank=session.rank,
                                          world_size=session.world_size, settings=settings)
-            ap = evaluate_epoch(model, val_loader, device, job=job, epoch=state.epoch, step=state.step,
-                                is_main=is_main, tracker=tracker, grid_size=spec.eval.image_grid)
+            ap = evaluate_epoch(model, val_loader, device, ground_truth=ground_truth_of(job.val_manifest, settings),
+                                epoch=state.epoch, is_main=is_main, tracker=tracker, grid_size=spec.eval.image_grid)
             if ap is not None:
                 state.last_ap = ap
                 state.best_ap_hard = max(state.best_ap_hard, ap["hard"])

@@ -21,11 +21,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-log = logging.getLogger(__name__)
+from jobs import tags
 
-STUDY_TAG = "isrn.study"
-TRIAL_TAG = "isrn.trial_id"
-EARLY_STOPPED_TAG = "isrn.tune.early_stopped"
+log = logging.getLogger(__name__)
 
 
 def trial_run_name(study: str, trial_id: str) -> str:
@@ -34,14 +32,14 @@ def trial_run_name(study: str, trial_id: str) -> str:
 
 
 def find_run(tracking_uri: str, experiment: str, run_name: str):
-    """The MLflow run whose `isrn.ray_run_name` tag is `run_name`, or None."""
+    """The MLflow run whose `isrn.ray_run_name` tag (tags.RAY_RUN_NAME) is `run_name`, or None."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = client.search_runs([found.experiment_id], f"tags.`isrn.ray_run_name` = '{run_name}'", max_results=1)
+    runs = client.search_runs([found.experiment_id], f"tags.`{tags.RAY_RUN_NAME}` = '{run_name}'", max_results=1)
     return runs[0] if runs else None
 
 
@@ -73,8 +71,8 @@ class TrialRunStatus(Callback):
         epochs_done = int((trial.last_result or {}).get("epoch", 0))
         planned = early_stop_epochs(int(trial.config.get(self.epochs_key, self.default_epochs)), self.max_t)
         early = status == "FINISHED" and epochs_done < planned
-        client.set_tag(run.info.run_id, EARLY_STOPPED_TAG, str(early).lower())
-        client.set_tag(run.info.run_id, "isrn.tune.epochs_done", str(epochs_done))
+        client.set_tag(run.info.run_id, tags.EARLY_STOPPED, str(early).lower())
+        client.set_tag(run.info.run_id, tags.EPOCHS_DONE, str(epochs_done))
         client.set_terminated(run.info.run_id, status=status)
         log.info("trial %s %s after %d epochs%s", trial.trial_id, status.lower(), epochs_done,
                  " (stopped early by the scheduler)" if early else "")
@@ -117,9 +115,9 @@ def trials_table(tracking_uri: str, experiment: str, parent_run_id: str, dimensi
             history = [m.value for m in client.get_metric_history(run.info.run_id, name)]
             best[f"best_{name}"] = max(history) if history else math.nan
         rows.append({
-            "trial_id": run.data.tags.get(TRIAL_TAG, ""), "run_id": run.info.run_id, "status": run.info.status,
-            "early_stopped": run.data.tags.get(EARLY_STOPPED_TAG, ""),
-            "epochs_done": run.data.tags.get("isrn.tune.epochs_done", ""),
+            "trial_id": run.data.tags.get(tags.TRIAL_ID, ""), "run_id": run.info.run_id, "status": run.info.status,
+            "early_stopped": run.data.tags.get(tags.EARLY_STOPPED, ""),
+            "epochs_done": run.data.tags.get(tags.EPOCHS_DONE, ""),
             **{d: run.data.params.get(f"tune.{d}", run.data.params.get(d, "")) for d in dimensions},
             **best,
         })
@@ -189,7 +187,7 @@ def log_study_summary(tracking_uri: str, experiment: str, parent_run_id: str, di
     summary = {"trials": len(rows), "trials_early_stopped": sum(r["early_stopped"] == "true" for r in rows)}
     if finite:
         summary[f"best_{metric}"] = finite[0][metric_key]
-        client.set_tag(parent_run_id, "isrn.tune.best_run_id", finite[0]["run_id"])
+        client.set_tag(parent_run_id, tags.BEST_TRIAL_RUN_ID, finite[0]["run_id"])
     client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
     return rows
 

@@ -15,21 +15,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import time
 from typing import Any
 
+from jobs import tags
+from jobs.cluster import Bundle, autoscaler_node_types, cluster_nodes, max_capacity, trials_that_fit
 from jobs.environment import JobEnvironment
+from jobs.preparation import PreparedJob, new_run_name, prepare_job, storage_for
 from jobs.spec import JobSpec, SpecError
-from jobs.train.driver import (
-    check_cluster, connect_ray, ensure_data, git_commit, log_best_model, new_run_name, preflight,
-    storage_for,
-)
+from jobs.train.driver import log_best_model, prune_unregistered_checkpoints
 from jobs.train.tracking import finish_run, run_url, start_or_resume_run
 from jobs.tune.config import TuneSpec
-from jobs.tune.mlflow_study import (
-    STUDY_TAG, TRIAL_TAG, TrialRunStatus, closed_trials, find_run, log_study_summary, trial_run_name,
-)
+from jobs.tune.mlflow_study import TrialRunStatus, closed_trials, find_run, log_study_summary, trial_run_name
 from jobs.tune.search_space import apply_trial_config, check_space, param_space, searched_values
 
 log = logging.getLogger(__name__)
@@ -37,13 +34,17 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class StudyContext:
-    """What every trial needs from the study's driver (plain values: it travels through Ray)."""
+    """What every trial needs from the study's driver (plain values, nothing secret: Tune pickles it
+    into its experiment state in the checkpoint bucket; trials take S3 credentials from their own
+    environment)."""
 
     spec: dict[str, Any]
-    env: JobEnvironment
+    mlflow_uri: str
     study: str
     parent_run_id: str
-    tags: dict[str, str]
+    train_manifest: str
+    val_manifest: str
+    lineage: dict[str, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,29 +70,42 @@ def run_trial(config: dict[str, Any], *, context: StudyContext) -> None:
     trial_spec = apply_trial_config(spec, config)
     trial_id = tune.get_context().get_trial_id()
     run_name = trial_run_name(context.study, trial_id)
-    tags = {**context.tags, "isrn.spec_fingerprint": trial_spec.fingerprint(),
-            "mlflow.parentRunId": context.parent_run_id, STUDY_TAG: context.study, TRIAL_TAG: trial_id}
-    run_id = start_or_resume_run(context.env.mlflow_uri, trial_spec.tracking.experiment, run_name, tags=tags,
+    env = dataclasses.replace(JobEnvironment.resolve(), mlflow_uri=context.mlflow_uri)
+    job = PreparedJob(spec=trial_spec, env=env, train_manifest=context.train_manifest,
+                      val_manifest=context.val_manifest, lineage=context.lineage)
+    run_tags = {**context.lineage, tags.SPEC_FINGERPRINT: trial_spec.fingerprint(),
+                "mlflow.parentRunId": context.parent_run_id, tags.STUDY: context.study, tags.TRIAL_ID: trial_id}
+    run_id = start_or_resume_run(env.mlflow_uri, trial_spec.tracking.experiment, run_name, tags=run_tags,
                                  params={**trial_spec.flat_params(), **searched_values(spec, config)},
                                  spec_yaml=trial_spec.to_yaml())
-    build_trainer(trial_spec, context.env, run_name, run_id, callbacks=[TuneReportCallback()]).fit()
+    result = build_trainer(job, run_name, run_id, callbacks=[TuneReportCallback()]).fit()
+    prune_unregistered_checkpoints(trial_spec, env, run_name, result)
 
 
-def max_concurrent_trials(spec: JobSpec, resources: dict[str, float]) -> int:
-    """Trials that fit on the cluster at once: the trial driver's CPUs plus its Train workers'."""
+def trial_bundles(spec: JobSpec) -> list[Bundle]:
+    """What one trial holds: its driver (the `TorchTrainer.fit` caller) and its Train workers."""
+    from jobs.cluster import worker_bundles
+
+    assert spec.tune is not None
+    scaling = spec.scaling
+    return [{"CPU": spec.tune.trial_cpus},
+            *worker_bundles(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu)]
+
+
+def max_concurrent_trials(spec: JobSpec, capacity: list[Bundle]) -> int:
+    """Trials that fit at once on `capacity` (the resources of each node the cluster has or may launch)."""
     tune_spec, scaling = spec.tune, spec.scaling
     assert tune_spec is not None
-    per_trial_cpu = tune_spec.trial_cpus + scaling.num_workers * scaling.cpus_per_worker
-    fits = math.floor(resources.get("CPU", 0) / per_trial_cpu + 1e-9) if per_trial_cpu else tune_spec.num_samples
-    if scaling.use_gpu:
-        fits = min(fits, math.floor(resources.get("GPU", 0) / scaling.num_workers))
+    fits = trials_that_fit(trial_bundles(spec), capacity, limit=tune_spec.num_samples)
     if fits < 1:
+        per_trial_cpu = tune_spec.trial_cpus + scaling.num_workers * scaling.cpus_per_worker
         raise SpecError(
             f"scaling / tune.trial_cpus: a trial needs {per_trial_cpu:g} CPUs (trial driver {tune_spec.trial_cpus:g} "
             f"+ {scaling.num_workers} workers × {scaling.cpus_per_worker:g}), the Ray cluster has "
-            f"{resources.get('CPU', 0):g}: lower scaling.cpus_per_worker or tune.trial_cpus"
+            f"{sum(n.get('CPU', 0) for n in capacity):g} on {len(capacity)} node(s) at most: lower "
+            f"scaling.cpus_per_worker or tune.trial_cpus"
         )
-    return min(fits, tune_spec.max_concurrent_trials or fits, tune_spec.num_samples)
+    return min(fits, tune_spec.max_concurrent_trials or fits)
 
 
 def build_scheduler(tune_spec: TuneSpec):
@@ -124,7 +138,6 @@ def build_search(tune_spec: TuneSpec, concurrency: int):
 def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = None,
               env: JobEnvironment | None = None) -> StudyOutcome:
     """Run (or resume) the study of `spec.tune`; the spec must be the one the study started with."""
-    import ray
     from ray import tune
 
     started = time.perf_counter()
@@ -132,11 +145,11 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
     tune_spec = spec.tune
     assert tune_spec is not None
     env = env or JobEnvironment.resolve()
-    ensure_data(spec, env)
-    fingerprints = preflight(spec, env)
-    connect_ray(env)
-    check_cluster(spec)
-    concurrency = max_concurrent_trials(spec, ray.cluster_resources())
+    job = prepare_job(spec, env, extra_bundles=[{"CPU": tune_spec.trial_cpus}])
+    # Capacity as the autoscaler could grow it: the first trial is already known to fit.
+    capacity = max_capacity(cluster_nodes(), autoscaler_node_types(), unbounded_as=tune_spec.num_samples
+                            * len(trial_bundles(spec)))
+    concurrency = max_concurrent_trials(spec, capacity)
     study = resume or name or new_run_name(spec)
     storage_path, filesystem = storage_for(spec, env)
     study_path = f"{storage_path}/{study}"
@@ -146,22 +159,20 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
         if parent is None or not tune.Tuner.can_restore(study_path, storage_filesystem=filesystem):
             raise SpecError(f"no study {study!r} to resume: no MLflow run in experiment {experiment!r} "
                             f"or no Tune state at {study_path}")
-        if parent.data.tags.get("isrn.spec_fingerprint") != spec.fingerprint():
-            raise SpecError(f"study {study!r} ran spec {parent.data.tags.get('isrn.spec_fingerprint')}, this spec is "
+        if parent.data.tags.get(tags.SPEC_FINGERPRINT) != spec.fingerprint():
+            raise SpecError(f"study {study!r} ran spec {parent.data.tags.get(tags.SPEC_FINGERPRINT)}, this spec is "
                             f"{spec.fingerprint()}: resume with the same spec and --set values")
 
-    lineage = {"isrn.git_commit": git_commit(), "isrn.spec": spec.name,
-               "isrn.train_manifest": fingerprints["train"], "isrn.val_manifest": fingerprints["val"],
-               "isrn.world_size": str(spec.scaling.num_workers)}
     parent_run_id = start_or_resume_run(
         env.mlflow_uri, experiment, study, params=spec.flat_params(), spec_yaml=spec.to_yaml(),
-        tags={**lineage, "isrn.spec_fingerprint": spec.fingerprint(), STUDY_TAG: study, "isrn.tune.role": "study",
-              "isrn.tune.search": tune_spec.search, "isrn.tune.scheduler": tune_spec.scheduler.name},
+        tags={**job.lineage, tags.STUDY: study, tags.TUNE_ROLE: "study",
+              tags.TUNE_SEARCH: tune_spec.search, tags.TUNE_SCHEDULER: tune_spec.scheduler.name},
     )
     log.info("study %s (%d trials, %d at a time): MLflow run %s", study, tune_spec.num_samples, concurrency,
              run_url(env.mlflow_uri, parent_run_id))
 
-    context = StudyContext(spec=spec.to_dict(), env=env, study=study, parent_run_id=parent_run_id, tags=lineage)
+    context = StudyContext(spec=spec.to_dict(), mlflow_uri=env.mlflow_uri, study=study, parent_run_id=parent_run_id,
+                           train_manifest=job.train_manifest, val_manifest=job.val_manifest, lineage=job.lineage)
     trainable = tune.with_resources(functools.partial(run_trial, context=context), {"CPU": tune_spec.trial_cpus})
     if resume:
         tuner = tune.Tuner.restore(study_path, trainable, resume_unfinished=True, resume_errored=True,
@@ -219,7 +230,9 @@ def _log_best_trial_model(results, spec: JobSpec, env: JobEnvironment, study: st
     if not spec.tracking.log_model:
         return run.info.run_id, None
     history = best.metrics_dataframe
-    scored = history[history["checkpoint_path"].notna()] if "checkpoint_path" in history else history.iloc[0:0]
+    # Only evaluated checkpoints compete: a checkpoint's score is the AP of its own weights.
+    scored = (history[history["checkpoint_path"].notna() & history[tune_spec.metric].notna()]
+              if {"checkpoint_path", tune_spec.metric} <= set(history) else history.iloc[0:0])
     if scored.empty:
         log.warning("best trial %s reported no checkpoint: no model logged", best.metrics["trial_id"])
         return run.info.run_id, None

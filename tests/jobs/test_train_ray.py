@@ -7,7 +7,8 @@ import pytest
 
 from jobs.environment import JobEnvironment
 from jobs.spec import SpecError, load_spec
-from jobs.train.driver import ensure_data, run_training
+from jobs.preparation import ensure_data
+from jobs.train.driver import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -71,21 +71,22 @@ def test_bad_vocabulary_fails_at_load(domain: dict, message: str) -> None:
 def test_concurrency_bounded_by_cluster(cpus, workers, cpus_per_worker, trial_cpus, expected) -> None:
     spec = load_spec("tune-smoke", [f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={cpus_per_worker}",
                                     f"tune.trial_cpus={trial_cpus}"])
-    assert max_concurrent_trials(spec, {"CPU": cpus}) == expected
+    assert max_concurrent_trials(spec, [{"CPU": cpus}]) == expected
 
 
 def test_infeasible_trial_is_refused() -> None:
     spec = load_spec("tune-smoke", ["scaling.cpus_per_worker=1"])  # 1 + 2 × 1 = 3 CPUs > 2
     with pytest.raises(SpecError, match="a trial needs 3 CPUs"):
-        max_concurrent_trials(spec, {"CPU": 2})
+        max_concurrent_trials(spec, [{"CPU": 2}])
 
 
-def test_scheduler_and_search() -> None:
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
-    from ray.tune.search.optuna import OptunaSearch
-
-    spec = load_spec("tune-smoke")
-    assert isinstance(build_scheduler(spec.tune), ASHAScheduler)
-    assert isinstance(build_search(spec.tune, 1), BasicVariantGenerator)
-    assert isinstance(build_search(load_spec("tune-smoke", ["tune.search=optuna"]).tune, 1), OptunaSearch)
+def test_concurrency_packs_trials_per_node() -> None:
+    # A trial: driver 1 CPU + 2 workers × 1 CPU = 3 CPUs. Four nodes of 2 CPUs: 8 one-CPU slots, so
+    # 2 trials (6 slots); the 2 slots left cannot hold a third.
+    spec = load_spec("tune-smoke", ["scaling.cpus_per_worker=1", "tune.num_samples=8"])
+    assert max_concurrent_trials(spec, [{"CPU": 2}] * 4) == 2
+    # Workers of 1.5 CPUs on nodes of 2: one worker per node (0.5 left, too little for a driver).
+    # Six nodes: trial 1 takes nodes 0, 1 and node 2 for its driver; trial 2 nodes 3, 4 and the
+    # 1 CPU left on node 2; a third trial finds one node for its two workers.
+    spec = load_spec("tune-smoke", ["scaling.cpus_per_worker=1.5", "tune.num_samples=8"])
+    assert max_concurrent_trials(spec, [{"CPU": 2}] * 6) == 2

@@ -1,0 +1,203 @@
+"""Everything a job does before its first worker starts, once for training and Tune alike.
+
+    job = prepare_job(spec, env)          # then build_trainer(...).fit() or a Tune study
+
+In order: S3 reachable with working credentials (before anything is generated or uploaded); the
+data set and shards generated when the spec asks and they are missing; both manifests readable; the
+MLflow server answering; Ray connected; the cluster able to hold the workers (waiting for the
+autoscaler when it can add them). Every failure is a `SpecError` naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from data_shards.manifest import manifest_url, read_manifest
+from data_shards.storage import StorageAccessError, arrow_s3_filesystem, check_access, is_s3_url, split_s3_url
+from jobs import tags
+from jobs.cluster import Bundle, ClusterTooSmallError, wait_for_resources, worker_bundles
+from jobs.environment import JobEnvironment
+from jobs.spec import JobSpec, SpecError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedJob:
+    """A spec checked against its services, with what its MLflow runs record."""
+
+    spec: JobSpec
+    env: JobEnvironment
+    train_manifest: str
+    val_manifest: str
+    lineage: dict[str, str]
+    """Run tags: commit, spec, manifest fingerprints, world size, Ray job (jobs/tags.py)."""
+
+
+def prepare_job(spec: JobSpec, env: JobEnvironment, *, extra_bundles: list[Bundle] | None = None) -> PreparedJob:
+    """Check and connect everything a job needs; `extra_bundles` are asked beside the workers (a Tune trial's driver)."""
+    check_storage(spec, env)
+    env.export_s3()  # pyarrow (Ray's checkpoint storage) and boto3 read credentials from the environment
+    ensure_data(spec, env)
+    fingerprints = read_fingerprints(spec, env)
+    check_tracking(env)
+    connect_ray(env)
+    wait_for_cluster(spec, extra_bundles or [])
+    import ray
+
+    lineage = {
+        tags.GIT_COMMIT: code_version(), tags.SPEC: spec.name, tags.SPEC_FINGERPRINT: spec.fingerprint(),
+        tags.TRAIN_MANIFEST: fingerprints["train"], tags.VAL_MANIFEST: fingerprints["val"],
+        tags.WORLD_SIZE: str(spec.scaling.num_workers),
+        tags.RAY_JOB_ID: ray.get_runtime_context().get_job_id(),
+        tags.RAY_SUBMISSION_ID: os.environ.get("RAY_JOB_SUBMISSION_ID", ""),
+    }
+    return PreparedJob(spec=spec, env=env, train_manifest=manifest_url(spec.data.shards, "train"),
+                       val_manifest=manifest_url(spec.data.shards, "val"), lineage=lineage)
+
+
+def check_storage(spec: JobSpec, env: JobEnvironment) -> None:
+    """Shards readable, checkpoint storage writable: credentials, endpoint and buckets, named on failure."""
+    try:
+        check_access(spec.data.shards, env.s3, write=spec.data.synth is not None)
+        if is_s3_url(spec.checkpoint.storage):
+            check_access(spec.checkpoint.storage, env.s3, write=True)
+    except StorageAccessError as error:
+        raise SpecError(f"data.shards / checkpoint.storage: {error}") from None
+
+
+def ensure_data(spec: JobSpec, env: JobEnvironment) -> None:
+    """Generate the data set and build its shards when the spec asks for it and they are missing."""
+    synth = spec.data.synth
+    if synth is None:
+        return
+    missing = [split for split in ("train", "val") if not _manifest_exists(spec.data.shards, split, env)]
+    if not missing:
+        return
+    from data_shards.shard_writer import build_split
+    from data_shards.synth import generate_dataset
+
+    root = synth.root.expanduser().absolute()  # relative: to the folder the command runs in
+    if not (root / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
+        log.info("generating a WIDER-format data set in %s (%d train, %d val images)", root,
+                 synth.train_images, synth.val_images)
+        generate_dataset(root, train=synth.train_images, val=synth.val_images, seed=synth.seed,
+                         config=synth.generator)
+    for split in missing:
+        log.info("building %s shards in %s", split, spec.data.shards)
+        build_split(root, split, spec.data.shards, shard_size_mb=synth.shard_size_mb, settings=env.s3,
+                    progress=False)
+
+
+def _manifest_exists(shards: str, split: str, env: JobEnvironment) -> bool:
+    try:
+        read_manifest(manifest_url(shards, split), env.s3)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_fingerprints(spec: JobSpec, env: JobEnvironment) -> dict[str, str]:
+    """The train and val manifests' annotation fingerprints; both must exist, val with its ground truth."""
+    fingerprints = {}
+    for split in ("train", "val"):
+        url = manifest_url(spec.data.shards, split)
+        try:
+            manifest = read_manifest(url, env.s3)
+        except FileNotFoundError:
+            raise SpecError(
+                f"data.shards: no {split} shard manifest at {url}; build it with "
+                f"`isrn shards build --wider-root DIR --split {split} --out {spec.data.shards}` "
+                f"or give the spec a data.synth section"
+            ) from None
+        if split == "val" and not manifest.ground_truth:
+            raise SpecError(f"data.shards: the val split at {url} carries no ground-truth .mat files")
+        fingerprints[split] = manifest.annotation_sha256[:16]
+    return fingerprints
+
+
+def check_tracking(env: JobEnvironment, timeout_s: float = 5.0) -> None:
+    """The MLflow server answers (its client would otherwise retry for minutes before failing)."""
+    uri = env.mlflow_uri
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+    except requests.RequestException as error:
+        raise SpecError(f"tracking: the MLflow server at {uri} (MLFLOW_TRACKING_URI) does not answer: {error}; "
+                        "start the local platform (`isrn platform up`) or set MLFLOW_TRACKING_URI") from None
+
+
+def connect_ray(env: JobEnvironment) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # A driver started by the Jobs API (`isrn submit`): it runs inside the job's runtime
+        # environment, and Ray refuses a second one.
+        ray.init(address=env.ray_address, logging_level=logging.WARNING)
+        return
+    try:
+        ray.init(address=env.ray_address, logging_level=logging.WARNING)
+    except ConnectionError as error:
+        raise SpecError(f"no Ray cluster at {env.ray_address} (RAY_ADDRESS): {error}; start the local platform "
+                        "(`isrn platform up`) or set RAY_ADDRESS") from None
+
+
+def is_local_platform() -> bool:
+    """Whether the connected cluster is a local platform head (`isrn platform up` labels it)."""
+    import ray
+
+    from jobs.local_platform.services import PLATFORM_LABEL
+
+    return any((node.get("Labels") or {}).get(PLATFORM_LABEL) for node in ray.nodes() if node.get("Alive"))
+
+
+def wait_for_cluster(spec: JobSpec, extra_bundles: list[Bundle]) -> None:
+    """Wait until the cluster can hold the workers (and `extra_bundles`); fail when it never can."""
+    scaling = spec.scaling
+    bundles = [*extra_bundles, *worker_bundles(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu)]
+    what = f"scaling: {scaling.num_workers} workers × {scaling.cpus_per_worker:g} CPU" + (
+        " + 1 GPU" if scaling.use_gpu else "")
+    try:
+        wait_for_resources(bundles, timeout_s=scaling.resources_timeout_s, what=what, grows=not is_local_platform())
+    except ClusterTooSmallError as error:
+        raise SpecError(f"{error}; lower scaling.num_workers / scaling.cpus_per_worker or add nodes") from None
+
+
+def code_version() -> str:
+    """The git commit of a source checkout, else the installed package's version."""
+    here = Path(__file__).resolve().parent
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"isrn-platform=={version('isrn-platform')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def storage_for(spec: JobSpec, env: JobEnvironment) -> tuple[str, Any]:
+    """Ray's (storage_path, storage_filesystem): `bucket/prefix` with a keyless pyarrow S3 filesystem
+    for s3:// (credentials come from each process's environment), an absolute path otherwise."""
+    storage = spec.checkpoint.storage
+    if is_s3_url(storage):
+        bucket, prefix = split_s3_url(storage)
+        return f"{bucket}/{prefix}".rstrip("/"), arrow_s3_filesystem(env.s3)
+    return str(Path(storage).expanduser().absolute()), None
+
+
+def new_run_name(spec: JobSpec) -> str:
+    return f"{spec.name}-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}"

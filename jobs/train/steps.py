@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from isrn_model.tta import with_tta
+
 
 class NonFiniteLossError(FloatingPointError):
     """A loss went NaN or infinite; the message carries the step and every loss term."""
@@ -71,10 +73,11 @@ def train_step(
 def detect_batch(model: nn.Module, batch: dict[str, Any], device: torch.device) -> Iterator[tuple[tuple[str, str], np.ndarray]]:
     """Detections of the valid images of a val batch, in original-image pixels.
 
-    Yields ((event, image name), float64 [K, 5] rows `x, y, w, h, score`): the WIDER format.
+    Yields ((event, image name), float64 [K, 5] rows `x, y, w, h, score`): the WIDER format. Flip /
+    multi-scale test runs when the model's `inference_config` asks for it.
     """
     model.eval()
-    outputs = model(batch["images"].to(device))
+    outputs = with_tta(model)(batch["images"].to(device))
     for output, key, scale, valid in zip(outputs, batch["keys"], batch["scales"], batch["valid"]):
         if not bool(valid):
             continue

@@ -50,7 +50,7 @@ def test_str_refines_only_str_levels_and_step2_decodes_against_refined():
 def test_stc_drops_filtered_anchor_from_second_step_loss():
     gt = [torch.tensor([[0.0, 0.0, 10.0, 10.0]])]
     cfg = LossConfig(allow_low_quality_matches=False)
-    losses = compute_losses(_outputs(), gt, cfg)
+    losses = compute_losses(_outputs(), gt, cfg, stc_threshold=0.99)
     ln2 = math.log(2.0)
     # step 2: A0 face (IoU 1), A1 background but filtered by STC, A2 background (IoU 100/400 = 0.25 < 0.4)
     # focal(0 → face) = 0.25 · 0.5² · ln2 ; focal(0 → background) = 0.75 · 0.5² · ln2 ; one positive
@@ -67,7 +67,7 @@ def test_step2_targets_encoded_against_refined_boxes():
     # Refine A2 by dx = −0.25 (→ [−5, 0, 15, 20]) so it is a step-2 positive for the face [−5, 0, 15, 20]...
     gt = [torch.tensor([[-5.0, 0.0, 15.0, 20.0]])]
     out = _outputs(box1_dx=-0.25, box2_dx=0.0)
-    losses = compute_losses(out, gt, LossConfig(allow_low_quality_matches=False))
+    losses = compute_losses(out, gt, LossConfig(allow_low_quality_matches=False), stc_threshold=0.99)
     # ... then the step-2 target is encode(refined, face) = 0 and the zero prediction costs nothing,
     # whereas against the raw anchor it would be dx = −0.25.
     assert losses["loss_box_2"].item() == pytest.approx(0.0, abs=1e-7)

@@ -25,6 +25,7 @@ from isrn_model.builder import build_isrn
 from jobs.spec import JobSpec
 from jobs.train.checkpoints import TrainingState, load_checkpoint, save_checkpoint, unwrap
 from jobs.train.evaluation import evaluate_epoch
+from jobs.train.init_from import initialise_from
 from jobs.train.schedule import build_optimizer, learning_rate, set_learning_rate
 from jobs.train.steps import train_step
 from jobs.train.tracking import describe, make_tracker
@@ -148,6 +149,10 @@ def run_worker(spec: JobSpec, job: WorkerJob, session: Session) -> TrainingState
     device = session.device()
 
     model = build_isrn(spec.model, loss=spec.loss, inference=spec.inference)
+    restore = session.restore_dir()
+    # Another run's weights start a new run only: a resumed run has its own (issue 14, ISRN's stage 2).
+    init_report = None if restore is not None else initialise_from(
+        model, spec.model.init_from, settings=job.s3_settings, tracking_uri=job.tracking_uri)
     if spec.model.norm == "bn" and session.world_size > 1 and device.type == "cuda":
         # SyncBatchNorm runs on GPU modules only; on CPU workers BN keeps per-worker statistics.
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -155,8 +160,9 @@ def run_worker(spec: JobSpec, job: WorkerJob, session: Session) -> TrainingState
     optimizer = build_optimizer(model, spec.optim)
 
     state = TrainingState()
-    restore = session.restore_dir()
     tracker = make_tracker(is_main, job.tracking_uri, job.run_id)
+    if init_report is not None:
+        tracker.log_text(init_report.table(), "init_from/report.md")
     if restore is not None:
         state, _ = load_checkpoint(restore, model, optimizer)
         log.info("rank %d resumed from %s at step %d (epoch %d)", session.rank, restore, state.step, state.epoch)

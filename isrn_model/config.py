@@ -41,9 +41,9 @@ class ModelConfig(Section):
     in the backbone (for external weights) and no normalisation in the neck and heads [ours]: frozen
     statistics can't be learned for freshly initialised layers."""
     gn_groups: int = Field(default=32, gt=0)
-    """GroupNorm groups (32 [ours]: ISRN's value was not recovered). A layer uses
-    gcd(groups, channels / 2) groups [ours] (= groups at full width), so reduced-width demo models
-    build and every group has at least 2 channels."""
+    """GroupNorm groups (32 [ours]: ISRN's value was not recovered). A layer uses gcd(groups, channels)
+    groups in the backbone and gcd(groups, channels / 2) in the neck and heads [ours] (= groups in every
+    layer at full width), so reduced-width demo models build and no neck or head group has one channel."""
     stem: Literal["root", "standard"] = "root"
     """"root": three 3×3 convs, the first with half the channels, stride 2 in total before C2 [ours,
     after ScratchDet's Root-ResNet]; "standard": 7×7/2 conv + 3×3/2 max-pool (ResNet)."""

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import multiprocessing
+from collections.abc import Iterator
 from typing import Any
 
 import cv2
@@ -70,6 +71,20 @@ def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     except (ValueError, KeyError, TypeError) as exn:
         raise ValueError(f"sample {key} in shard {url}: undecodable JSON ({exn})") from None
     return image, record
+
+
+def decoded(samples: Iterator[dict[str, Any]], skipped: SkipCounter) -> Iterator[tuple[dict[str, Any], np.ndarray, dict[str, Any]]]:
+    """(sample, BGR image, record) of every readable sample; an unreadable one is counted and skipped."""
+    for sample in samples:
+        if "__key__" not in sample:  # webdataset's end-of-shard marker
+            continue
+        try:
+            image, record = decode_sample(sample)
+        except ValueError as exn:
+            skipped(exn)
+            continue
+        skipped.ok()
+        yield sample, image, record
 
 
 def face_boxes(record: dict[str, Any], keep_invalid: bool = True) -> np.ndarray:

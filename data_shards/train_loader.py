@@ -21,7 +21,7 @@ import webdataset as wds
 from data_shards.augment import sample_train_transform
 from data_shards.config import LoaderConfig
 from data_shards.samples import (
-    SkipCounter, as_float, decode_sample, face_boxes, open_split, to_tensor, web_loader, worker_slot,
+    SkipCounter, as_float, decoded, face_boxes, open_split, to_tensor, web_loader, worker_slot,
 )
 from data_shards.storage import S3Settings
 
@@ -60,13 +60,7 @@ class _TrainSamples:
         cfg, aug = self.config, self.config.augment
         rng = np.random.default_rng([cfg.seed, self.source.epoch, self.source.rank, worker, 1])
         images, targets, keys = [], [], []
-        for sample in _shuffled(self._read(samples), cfg.shuffle_buffer, rng):
-            try:
-                image, record = decode_sample(sample)
-            except ValueError as exn:
-                self.skipped(exn)
-                continue
-            self.skipped.ok()
+        for sample, image, record in decoded(_shuffled(self._read(samples), cfg.shuffle_buffer, rng), self.skipped):
             boxes = face_boxes(record, cfg.keep_invalid)
             transform = sample_train_transform(rng, image.shape[:2], boxes, aug)
             images.append(transform.apply_image(image))

@@ -20,7 +20,7 @@ import webdataset as wds
 
 from data_shards.augment import val_resize
 from data_shards.config import LoaderConfig
-from data_shards.samples import SkipCounter, as_float, decode_sample, face_boxes, open_split, to_tensor, web_loader, worker_slot
+from data_shards.samples import SkipCounter, as_float, decoded, face_boxes, open_split, to_tensor, web_loader, worker_slot
 from data_shards.storage import S3Settings
 
 
@@ -60,15 +60,7 @@ class _ValSamples:
 
     def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         batch: list[tuple[np.ndarray, dict[str, Any], float]] = []
-        for sample in samples:
-            if "__key__" not in sample:
-                continue
-            try:
-                image, record = decode_sample(sample)
-            except ValueError as exn:
-                self.skipped(exn)
-                continue
-            self.skipped.ok()
+        for _, image, record in decoded(samples, self.skipped):
             resized, scale = val_resize(image, self.config.val_max_size)
             batch.append((resized, record, scale))
             if len(batch) == self.config.val_batch_size:

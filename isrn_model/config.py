@@ -67,8 +67,8 @@ class ModelConfig(Section):
     Never downloaded."""
     init_from: str | None = None
     """Start training from another run's weights (ISRN's second stage after its COCO pre-training
-    [paper]): a training checkpoint (s3://… or a local folder holding training_state.pt) or an MLflow
-    model URI (models:/…, runs:/…). Loaded by parameter name (``isrn_model.weights``) by the training
+    [paper]): a training checkpoint (s3://…, or a local folder holding training_state.pt, which every
+    worker must see) or an MLflow model URI (models:/…, runs:/…). Loaded by parameter name (``isrn_model.weights``) by the training
     job, once, when it does not resume; the builder itself ignores it."""
     stc_levels: tuple[Level, ...] = (2, 3, 4)
     """Levels with two-step classification (STC) [code: multi_cls_levels 0,1,2]."""

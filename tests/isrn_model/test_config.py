@@ -75,3 +75,19 @@ def test_the_job_spec_sees_the_library_descriptions():
     assert schema["AugmentConfig"]["properties"]["das_allow_larger"]["description"].startswith("False: the target")
     assert JobSpec.model_fields["loader"].annotation is LoaderConfig
 
+
+
+def test_the_defaults_are_the_recipe_of_isrn_md():
+    # "STC and STR", "Anchors", "Inference" (released code's values) and "Training recipe" of shared/ISRN.md
+    model = ModelConfig()
+    assert (model.stc_levels, model.str_levels, model.stc_threshold) == ((2, 3, 4), (5, 6, 7), 0.99)
+    loss = LossConfig()
+    assert (loss.step1_neg_iou, loss.step1_pos_iou, loss.step2_neg_iou, loss.step2_pos_iou) == (0.3, 0.7, 0.4, 0.5)
+    assert (loss.box_loss_weight, loss.stc_filter_regression) == (1.0, False)
+    inference = InferenceConfig()
+    assert (inference.score_threshold, inference.pre_nms_top_k, inference.nms_threshold, inference.keep_top_k,
+            inference.max_test_size, inference.vote_threshold) == (0.05, 6000, 0.4, 750, 2100, 0.5)
+    augment = AugmentConfig()
+    assert (augment.zoom_out_prob, augment.zoom_out_max, augment.crop_full_side_prob, augment.crop_scale_min) == (
+        1.0, 4.0, 0.5, 0.5)
+    assert (augment.das_allow_larger, augment.das_size_jitter) == (False, 1.0)

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_shards.augment import sample_train_transform  # noqa: E402
-from data_shards.loader import LoaderConfig, _to_tensor, decode_sample, face_boxes, make_train_loader  # noqa: E402
+from data_shards.loader import AugmentConfig, LoaderConfig, decode_sample, face_boxes, make_train_loader, to_tensor  # noqa: E402
 from data_shards.manifest import manifest_url, read_manifest, shard_urls  # noqa: E402
 from data_shards.shard_writer import build_split  # noqa: E402
 from data_shards.storage import S3Settings, s3_client  # noqa: E402
@@ -47,7 +47,7 @@ def _samples_of(shards: list[str]) -> list[dict]:
 
 def limit(samples: list[dict], cfg: LoaderConfig, read=None) -> float:
     """Images/s of decode + augment + tensor batching in this process, one OpenCV thread."""
-    rng, aug = np.random.default_rng(0), cfg.augment()
+    rng, aug = np.random.default_rng(0), cfg.augment
     start, images = time.perf_counter(), []
     for sample in samples:
         if read is not None:
@@ -58,7 +58,7 @@ def limit(samples: list[dict], cfg: LoaderConfig, read=None) -> float:
         images.append(t.apply_image(image))
         t.apply_boxes(boxes)
         if len(images) == cfg.batch_size:
-            _to_tensor(images).float()
+            to_tensor(images).float()
             images = []
     return len(samples) / (time.perf_counter() - start)
 
@@ -128,7 +128,7 @@ def main() -> None:
             layout = WiderLayout(root)
             paths = {f"{r.event}/{r.name}": layout.image_path("train", r) for r in layout.records("train")}
 
-            cfg = LoaderConfig(batch_size=8, image_size=args.image_size, num_workers=1, shuffle_buffer=64,
+            cfg = LoaderConfig(batch_size=8, augment=AugmentConfig(out_size=args.image_size), num_workers=1, shuffle_buffer=64,
                                batches_per_epoch=args.batches)
             limit(samples[:16], cfg)  # warm caches
             rates = {

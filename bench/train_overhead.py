@@ -75,7 +75,7 @@ def main() -> None:
 
     steps = {name: r["epoch_train_s"] / r["epoch_steps"] for name, r in
              (("process", local), ("task", task), ("train", remote))}
-    print(f"spec {args.spec}, 1 worker, batch {spec.loader.batch_size} at {spec.loader.image_size}², "
+    print(f"spec {args.spec}, 1 worker, batch {spec.loader.batch_size} at {spec.loader.augment.out_size}², "
           f"checkpoint every {spec.checkpoint.every_steps} steps; last epoch of {args.epochs}")
     print(f"{'':30}{'plain process':>15}{'plain Ray task':>16}{'Ray Train':>11}")
     print(f"{'seconds per step':30}{steps['process']:15.3f}{steps['task']:16.3f}{steps['train']:11.3f}")

@@ -10,15 +10,18 @@ zoom-out + square crop + resize + flip is one affine map, applied with one `cv2.
     flip: x' -> out_size - x'
 
 where (x0, y0, side) is the square crop window in source-image pixels; it may extend past the
-image (zoom-out). The window is chosen one of two ways:
+image (zoom-out). The window is chosen one of two ways (``shared/ISRN.md``, "Training recipe"):
 
-- zoom-out + square crop [SRN]: with `zoom_out_prob`, place the image in a canvas `r` times its size
-  (r ~ U[1, zoom_out_max]) at a random offset; then a square of side U[crop_scale_min, 1] x the
-  canvas' short side at a random position in the canvas.
-- data-anchor-sampling [ISRN, from PyramidBox], with `data_anchor_sampling_prob`: pick a face, find
-  the anchor size closest to it, pick a target anchor size index uniformly at or below the next one
-  up (`i_target ~ U{0 … min(i_anchor + 1, last)}`), draw a face size ~ U[s/2, 2s] around it, and
-  crop the window that brings the face to that size at `out_size`, positioned so the face is inside.
+- zoom-out + square crop [SRN]: with `zoom_out_prob` (1: always, as ISRN.md lists it) place the
+  image in a canvas `r` times its size (r ~ U[1, zoom_out_max]) at a random offset; then a square
+  whose side is, with `crop_full_side_prob`, the canvas' short side, else U[crop_scale_min, 1] x
+  it [SRN crops both and picks one], at a random position in the canvas.
+- data-anchor-sampling [ISRN], with `data_anchor_sampling_prob`: pick a face of sqrt-area f, find
+  its own anchor size (the one of `das_anchor_sizes`, the detector's, nearest to f in ratio), pick a
+  target anchor size `a` uniformly **at or below** it, and crop the window that makes the face
+  exactly `a` at `out_size` (side = out_size * f / a), positioned so the face is inside.
+  Options [ours, PyramidBox's]: `das_allow_larger` also allows one size above; `das_size_jitter`
+  draws the face's size from U[a / j, a * j] instead of exactly `a`.
 
 Boxes (xyxy pixels) follow one rule, `TrainTransform.apply_boxes`: a box is **kept iff its centre
 lies inside the crop window**; kept boxes are **clipped** to the window; after clipping, a box
@@ -37,28 +40,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-MEAN_BGR = (104.0, 117.0, 123.0)  # ImageNet mean, the fill of zoom-out expansion [SRN, S3FD code]
+from data_shards.config import AugmentConfig
 
-
-@dataclass(frozen=True, kw_only=True)
-class AugmentConfig:
-    out_size: int = 640
-    """Side of the square training image."""
-    zoom_out_prob: float = 0.5
-    zoom_out_max: float = 4.0
-    """Largest zoom-out canvas ratio [SRN: 4]."""
-    crop_scale_min: float = 0.5
-    """Square crop side as a fraction of the canvas' short side, drawn from U[crop_scale_min, 1] [SRN]."""
-    data_anchor_sampling_prob: float = 0.5
-    """Share of samples cropped by data-anchor-sampling instead of zoom-out + crop [ours: 0.5]."""
-    das_anchor_sizes: tuple[float, ...] = (16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
-    """Anchor sizes data-anchor-sampling maps faces onto (PyramidBox's)."""
-    flip_prob: float = 0.5
-    photometric_prob: float = 0.5
-    min_box_size: float = 2.0
-    """Boxes narrower or shorter than this many output pixels after clipping are dropped."""
-    crop_attempts: int = 10
-    """Zoom-out crops are redrawn up to this many times until one keeps a face."""
+# ImageNet mean, the fill of zoom-out expansion [S3FD code]: 0 after the model's normalisation, which
+# is SRN's "zero-padding".
+MEAN_BGR = (104.0, 117.0, 123.0)
 
 
 @dataclass(frozen=True)
@@ -133,11 +119,12 @@ def photometric(image: np.ndarray, brightness: float, contrast: float, saturatio
 
 def _zoom_out_crop(rng: np.random.Generator, h: int, w: int, boxes: np.ndarray, cfg: AugmentConfig) -> tuple[float, float, float]:
     window = (0.0, 0.0, float(min(h, w)))
-    for _ in range(max(1, cfg.crop_attempts)):
+    for _ in range(cfg.crop_attempts):
         ratio = rng.uniform(1.0, cfg.zoom_out_max) if rng.random() < cfg.zoom_out_prob else 1.0
         cw, ch = w * ratio, h * ratio
         left, top = rng.uniform(0.0, cw - w), rng.uniform(0.0, ch - h)
-        side = rng.uniform(cfg.crop_scale_min, 1.0) * min(cw, ch)
+        short = min(cw, ch)
+        side = short if rng.random() < cfg.crop_full_side_prob else rng.uniform(cfg.crop_scale_min, 1.0) * short
         cx, cy = rng.uniform(0.0, cw - side), rng.uniform(0.0, ch - side)
         window = (cx - left, cy - top, side)
         if len(boxes) == 0:
@@ -150,13 +137,24 @@ def _zoom_out_crop(rng: np.random.Generator, h: int, w: int, boxes: np.ndarray, 
     return window
 
 
+def own_anchor_index(face_size: float, anchor_sizes: tuple[float, ...]) -> int:
+    """Index of the anchor size nearest to ``face_size`` in ratio (|log(a / f)|).
+
+    In ratio, not in pixels: the sizes grow geometrically (×√2), so this is the anchor whose scale
+    is closest to the face's whatever its size.
+    """
+    return int(np.argmin(np.abs(np.log(np.asarray(anchor_sizes, dtype=np.float64) / face_size))))
+
+
 def _anchor_sampling_crop(rng: np.random.Generator, boxes: np.ndarray, cfg: AugmentConfig) -> tuple[float, float, float]:
     x1, y1, x2, y2 = boxes[rng.integers(len(boxes))]
     face = math.sqrt((x2 - x1) * (y2 - y1))
-    anchors = np.asarray(cfg.das_anchor_sizes, dtype=np.float64)
-    i_anchor = int(np.argmin(np.abs(anchors - face)))
-    i_target = int(rng.integers(0, min(i_anchor + 1, len(anchors) - 1) + 1))
-    target = rng.uniform(anchors[i_target] / 2.0, anchors[i_target] * 2.0)
+    sizes = cfg.das_anchor_sizes
+    own = own_anchor_index(face, sizes)
+    highest = min(own + 1, len(sizes) - 1) if cfg.das_allow_larger else own
+    anchor = sizes[int(rng.integers(0, highest + 1))]
+    j = cfg.das_size_jitter
+    target = rng.uniform(anchor / j, anchor * j) if j > 1.0 else anchor
     side = cfg.out_size * face / target  # source pixels that become out_size
     lo_x, hi_x = sorted((x2 - side, x1))  # the face lies inside [x0, x0 + side] (or covers it)
     lo_y, hi_y = sorted((y2 - side, y1))

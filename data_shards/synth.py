@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from data_shards.config import SynthConfig
 from data_shards.wider_layout import SETTINGS, Face, ImageRecord, format_bbx_gt
 
 log = logging.getLogger(__name__)
@@ -77,33 +78,6 @@ _SKIN_TONES_RGB = np.array(
     [(255, 224, 196), (241, 194, 160), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 58, 38)],
     dtype=np.float32,
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class SynthConfig:
-    """Knobs of the generator; the defaults give WIDER-like statistics at a 640 px width."""
-
-    image_width: int = 640
-    """Width of every image; the height is width x U[0.56, 1.0] (WIDER images are 1024 wide)."""
-    min_face: int = 8
-    """Smallest face width in pixels."""
-    max_face: int = 320
-    """Largest face width in pixels (capped at 0.8 x the image's short side)."""
-    empty_prob: float = 0.03
-    """Probability that an image has no face."""
-    degenerate_prob: float = 0.01
-    """Train only: probability per image of one extra w = 0 annotation (a real WIDER quirk)."""
-    jpeg_quality: tuple[int, int] = (80, 95)
-    """JPEG quality drawn uniformly from this range."""
-
-    def __post_init__(self) -> None:
-        if self.image_width < 64:
-            raise ValueError(f"image_width must be >= 64, got {self.image_width}")
-        if not 1 <= self.min_face <= self.max_face:
-            raise ValueError(f"need 1 <= min_face <= max_face, got {self.min_face}, {self.max_face}")
-        for name in ("empty_prob", "degenerate_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def face_settings(face: Face) -> frozenset[str]:

@@ -1,9 +1,9 @@
 """Typed configuration of the ISRN detector: model shape, training losses, inference.
 
-Three frozen, keyword-only dataclasses, each validated in ``__post_init__`` with errors that name the
-field. They are plain dataclasses so the job-spec tree can embed them and build them from keyword
-arguments (``ModelConfig(**d)``); ``to_dict()`` / ``from_dict()`` round-trip them through plain
-Python values and ``from_dict`` rejects unknown keys by name.
+Three configuration sections (:func:`isrn_model.section.config_section`: frozen, keyword-only,
+validated pydantic dataclasses whose field docstrings are their descriptions). The job spec embeds
+them as ``model:``, ``loss:`` and ``inference:``; ``to_dict()`` / ``from_dict()`` round-trip them
+through plain Python values and reject unknown keys by name.
 
 Provenance tags follow ``shared/ISRN.md``: [code] released SRN code, [paper] the SRN/ISRN papers,
 [notes] secondary summaries, [ours] our reconstruction or choice.
@@ -11,89 +11,50 @@ Provenance tags follow ``shared/ISRN.md``: [code] released SRN code, [paper] the
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, Self
+from typing import Literal
+
+from pydantic import Field
+
+from isrn_model.section import Section, config_section, unit_field
 
 LEVELS = (2, 3, 4, 5, 6, 7)
 """Pyramid levels P2–P7 (strides 4–128) [code]."""
 
-
-class _DictMixin:
-    """``to_dict`` / ``from_dict`` shared by the config dataclasses."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values only (tuples become lists) so the dict serialises to YAML/JSON."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        """Build from a dict; raises ValueError naming any unknown key."""
-        if not isinstance(data, dict):
-            raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) for {cls.__name__}: {', '.join(map(repr, unknown))}; "
-                f"expected some of {sorted(names)}"
-            )
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kwargs)
+Level = Literal[2, 3, 4, 5, 6, 7]
 
 
-def _check_choice(owner: str, name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+def _distinct(name: str, levels: tuple[int, ...]) -> None:
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"{name} must list distinct levels, got {levels!r}")
 
 
-def _check_positive_int(owner: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
-
-
-def _check_unit(owner: str, name: str, value: Any, *, open_low: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{owner}.{name} must be a number in [0, 1], got {value!r}")
-    if not (0.0 < value <= 1.0 if open_low else 0.0 <= value <= 1.0):
-        raise ValueError(f"{owner}.{name} must lie in {'(0' if open_low else '[0'}, 1], got {value!r}")
-
-
-def _check_levels(owner: str, name: str, value: Any) -> None:
-    if not isinstance(value, tuple) or any(v not in LEVELS for v in value) or len(set(value)) != len(value):
-        raise ValueError(f"{owner}.{name} must be a tuple of distinct levels from {LEVELS}, got {value!r}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig(_DictMixin):
+@config_section
+class ModelConfig(Section):
     """Shape of the ISRN network. Defaults are the ISRN reconstruction (ResNet-18, root stem, GN)."""
 
-    depth: int = 18
+    depth: Literal[18, 34, 50, 101] = 18
     """ResNet depth: 18, 34 (basic blocks) or 50, 101 (bottlenecks). ISRN's final backbone is a
     "New-ResNet-18" [notes]; SRN used ResNet-50 [code]."""
-    norm: str = "gn"
+    norm: Literal["gn", "bn", "frozen_bn"] = "gn"
     """Normalisation: "gn" GroupNorm everywhere (ISRN, from scratch [paper]); "bn" BatchNorm
     everywhere (the trainer converts to SyncBatchNorm when distributed); "frozen_bn" frozen statistics
     in the backbone (for external weights) and no normalisation in the neck and heads [ours]: frozen
     statistics can't be learned for freshly initialised layers."""
-    gn_groups: int = 32
-    """GroupNorm groups (32 [ours]: ISRN's value was not recovered). A layer uses
-    gcd(groups, channels / 2) groups [ours] (= groups at full width), so reduced-width demo models
-    build and every group has at least 2 channels."""
-    stem: str = "root"
+    gn_groups: int = Field(default=32, gt=0)
+    """GroupNorm groups (32 [ours]: ISRN's value was not recovered). A layer uses gcd(groups, channels)
+    groups in the backbone and gcd(groups, channels / 2) in the neck and heads [ours] (= groups in every
+    layer at full width), so reduced-width demo models build and no neck or head group has one channel."""
+    stem: Literal["root", "standard"] = "root"
     """"root": three 3×3 convs, the first with half the channels, stride 2 in total before C2 [ours,
     after ScratchDet's Root-ResNet]; "standard": 7×7/2 conv + 3×3/2 max-pool (ResNet)."""
-    base_width: int = 64
-    """Channels of the first residual stage (64 in every ResNet). Departure [ours]: smaller values
-    (e.g. 16) make CPU-sized demo and smoke-test models; stages widen ×2 each as usual."""
-    fpn_channels: int = 256
+    base_width: int = Field(default=64, gt=0, multiple_of=2)
+    """Channels of the first residual stage (64 in every ResNet); even, since the root stem's first
+    conv has half. Departure [ours]: smaller values (e.g. 16) make CPU-sized demo and smoke-test
+    models; stages widen ×2 each as usual."""
+    fpn_channels: int = Field(default=256, gt=0)
     """Channels of C2–C7 reductions and P2–P7 (256 [code]); smaller for CPU demos [ours]."""
-    head_channels: int = 256
-    """Channels of the head's 3×3 convs and the RFE (256 [code]); must be a multiple of 4 (RFE has four
+    head_channels: int = Field(default=256, gt=0, multiple_of=4)
+    """Channels of the head's 3×3 convs and the RFE (256 [code]); a multiple of 4 (RFE has four
     branches of head_channels/4)."""
     share_heads: bool = True
     """True: one head for both steps and all levels (the released SRN weights [code]); False: one head
@@ -104,118 +65,85 @@ class ModelConfig(_DictMixin):
     pretrained_path: str | None = None
     """Local file with a backbone state dict (torchvision ResNet key names accepted) loaded after init.
     Never downloaded."""
-    stc_levels: tuple[int, ...] = (2, 3, 4)
+    init_from: str | None = None
+    """Start training from another run's weights (ISRN's second stage after its COCO pre-training
+    [paper]): a training checkpoint (s3://…, or a local folder holding training_state.pt, which every
+    worker must see) or an MLflow model URI (models:/…, runs:/…). Loaded by parameter name (``isrn_model.weights``) by the training
+    job, once, when it does not resume; the builder itself ignores it."""
+    stc_levels: tuple[Level, ...] = (2, 3, 4)
     """Levels with two-step classification (STC) [code: multi_cls_levels 0,1,2]."""
-    str_levels: tuple[int, ...] = (5, 6, 7)
+    str_levels: tuple[Level, ...] = (5, 6, 7)
     """Levels with two-step regression (STR) [code: multi_reg_levels 3,4,5]."""
+    stc_threshold: float = unit_field(0.99)
+    """STC background confidence θ (0.99 [paper][code]): on STC levels an anchor whose first-step face
+    probability is at most 1 − θ (0.01) is an easy negative. Used by both training (it leaves the
+    second-step classification loss) and inference (its score is 0)."""
 
     def __post_init__(self) -> None:
-        own = "ModelConfig"
-        _check_choice(own, "depth", self.depth, (18, 34, 50, 101))
-        _check_choice(own, "norm", self.norm, ("gn", "bn", "frozen_bn"))
-        _check_choice(own, "stem", self.stem, ("root", "standard"))
-        _check_positive_int(own, "gn_groups", self.gn_groups)
-        _check_positive_int(own, "base_width", self.base_width)
-        if self.base_width % 2:
-            raise ValueError(f"{own}.base_width must be even (the root's first conv has half), got {self.base_width}")
-        _check_positive_int(own, "fpn_channels", self.fpn_channels)
-        _check_positive_int(own, "head_channels", self.head_channels)
-        if self.head_channels % 4:
-            raise ValueError(f"{own}.head_channels must be a multiple of 4 (RFE branches), got {self.head_channels}")
-        if not isinstance(self.share_heads, bool):
-            raise ValueError(f"{own}.share_heads must be a bool, got {self.share_heads!r}")
-        if not isinstance(self.zero_init_residual, bool):
-            raise ValueError(f"{own}.zero_init_residual must be a bool, got {self.zero_init_residual!r}")
-        if self.pretrained_path is not None and not isinstance(self.pretrained_path, str):
-            raise ValueError(f"{own}.pretrained_path must be a str or None, got {self.pretrained_path!r}")
-        _check_levels(own, "stc_levels", self.stc_levels)
-        _check_levels(own, "str_levels", self.str_levels)
+        _distinct("stc_levels", self.stc_levels)
+        _distinct("str_levels", self.str_levels)
 
 
-@dataclass(frozen=True, kw_only=True)
-class LossConfig(_DictMixin):
+@config_section
+class LossConfig(Section):
     """Training targets and losses (SRN/ISRN §3; values [notes] unless marked)."""
 
-    focal_alpha: float = 0.25
+    focal_alpha: float = unit_field(0.25)
     """Focal-loss weight of positives (RetinaNet's 0.25 [ours]; ISRN's not recovered)."""
-    focal_gamma: float = 2.0
+    focal_gamma: float = Field(default=2.0, ge=0)
     """Focal-loss focusing exponent (RetinaNet's 2 [ours])."""
-    step1_neg_iou: float = 0.3
+    step1_neg_iou: float = unit_field(0.3)
     """First step: anchors with max IoU below this are background [notes]."""
-    step1_pos_iou: float = 0.7
+    step1_pos_iou: float = unit_field(0.7)
     """First step: anchors with max IoU at or above this are faces [notes]; between is ignored."""
-    step2_neg_iou: float = 0.4
+    step2_neg_iou: float = unit_field(0.4)
     """Second step background threshold [notes]."""
-    step2_pos_iou: float = 0.5
+    step2_pos_iou: float = unit_field(0.5)
     """Second step face threshold [notes]; between is ignored."""
     allow_low_quality_matches: bool = True
     """Also make each face's best anchor(s) positive even below the face threshold [ours, as
     RetinaNet/Faster R-CNN], so tiny and oddly shaped faces get a target in both steps."""
-    stc_threshold: float = 0.99
-    """STC: second-step classification on STC levels uses only anchors whose first-step background
-    confidence is below this (face probability above 1 − 0.99 = 0.01) [paper][code]."""
-    smooth_l1_beta: float = 1.0 / 9.0
+    stc_filter_regression: bool = False
+    """False: STC removes easy negatives from the second-step *classification* loss only, as ISRN.md
+    says. True [ours, this code's behaviour before issue 14]: the second-step box loss also skips
+    positives whose first-step face probability is at most 1 − θ."""
+    smooth_l1_beta: float = Field(default=1.0 / 9.0, ge=0)
     """Smooth-L1 transition point (1/9 [ours, Detectron's RetinaNet]); deltas carry no variances,
     so they are small and a beta of 1 would leave the loss quadratic almost everywhere."""
-    box_loss_weight: float = 1.0
+    box_loss_weight: float = Field(default=1.0, ge=0)
     """Weight of the smooth-L1 terms relative to focal loss (1 [notes])."""
 
     def __post_init__(self) -> None:
-        own = "LossConfig"
-        _check_unit(own, "focal_alpha", self.focal_alpha)
-        if isinstance(self.focal_gamma, bool) or not isinstance(self.focal_gamma, (int, float)) or self.focal_gamma < 0:
-            raise ValueError(f"{own}.focal_gamma must be a number >= 0, got {self.focal_gamma!r}")
-        for name in ("step1_neg_iou", "step1_pos_iou", "step2_neg_iou", "step2_pos_iou"):
-            _check_unit(own, name, getattr(self, name))
-        if self.step1_neg_iou > self.step1_pos_iou:
-            raise ValueError(f"{own}.step1_neg_iou ({self.step1_neg_iou}) exceeds step1_pos_iou ({self.step1_pos_iou})")
-        if self.step2_neg_iou > self.step2_pos_iou:
-            raise ValueError(f"{own}.step2_neg_iou ({self.step2_neg_iou}) exceeds step2_pos_iou ({self.step2_pos_iou})")
-        if not isinstance(self.allow_low_quality_matches, bool):
-            raise ValueError(f"{own}.allow_low_quality_matches must be a bool, got {self.allow_low_quality_matches!r}")
-        _check_unit(own, "stc_threshold", self.stc_threshold)
-        if not isinstance(self.smooth_l1_beta, (int, float)) or self.smooth_l1_beta < 0:
-            raise ValueError(f"{own}.smooth_l1_beta must be >= 0, got {self.smooth_l1_beta!r}")
-        if not isinstance(self.box_loss_weight, (int, float)) or self.box_loss_weight < 0:
-            raise ValueError(f"{own}.box_loss_weight must be >= 0, got {self.box_loss_weight!r}")
+        for step in (1, 2):
+            neg, pos = getattr(self, f"step{step}_neg_iou"), getattr(self, f"step{step}_pos_iou")
+            if neg > pos:
+                raise ValueError(f"step{step}_neg_iou ({neg}) exceeds step{step}_pos_iou ({pos})")
 
 
-@dataclass(frozen=True, kw_only=True)
-class InferenceConfig(_DictMixin):
-    """Post-processing. Defaults are the released code's values; the paper's are in each docstring."""
+@config_section
+class InferenceConfig(Section):
+    """Post-processing. Defaults are the released code's values; the paper's are in each docstring.
 
-    stc_score_threshold: float = 0.01
-    """STC filter: an anchor on an STC level survives only if its first-step face probability is above
-    this (0.01, i.e. background confidence θ = 0.99) [paper][code]."""
-    score_threshold: float = 0.05
+    The STC filter's threshold is ``ModelConfig.stc_threshold``: training and inference share it.
+    """
+
+    score_threshold: float = unit_field(0.05)
     """Second-step face probability threshold (0.05 [code]; the paper gives none). The code applies it
     only on levels with ≥ 120 locations; we apply it everywhere [ours]."""
-    pre_nms_top_k: int = 6000
+    pre_nms_top_k: int = Field(default=6000, gt=0)
     """Candidates kept per level before NMS (6000 per level [code]; the paper: 2000 in total)."""
-    nms_threshold: float = 0.4
+    nms_threshold: float = Field(default=0.4, gt=0.0, le=1.0)
     """NMS IoU threshold (0.4 [code]; the paper: 0.5)."""
-    keep_top_k: int = 750
+    keep_top_k: int = Field(default=750, gt=0)
     """Detections kept per image after NMS (750 [code][paper])."""
     flip: bool = False
-    """Also run the horizontally flipped image and merge by box voting (released test code [code])."""
+    """Test-time augmentation: also run the horizontally flipped image and merge by box voting
+    (released test code [code]); applied by wrapping the detector in ``tta.ISRNWithTTA``."""
     multi_scale: bool = False
-    """Also run down- and up-scaled images (0.5, 1.5^k up to the pixel budget) and merge by box voting
-    [code]; boxes from down-scaled runs kept only if larger than 30 px, from up-scaled only if smaller
-    than 100 px [code]."""
-    max_test_size: int = 2100
+    """Test-time augmentation: also run down- and up-scaled images (0.5, 1.5^k up to the pixel budget)
+    and merge by box voting [code]; boxes from down-scaled runs kept only if larger than 30 px, from
+    up-scaled only if smaller than 100 px [code]."""
+    max_test_size: int = Field(default=2100, gt=0)
     """Multi-scale pixel budget: the largest test image has at most max_test_size² pixels (2100 [code])."""
-    vote_threshold: float = 0.5
+    vote_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
     """Box-voting IoU (0.5 [code])."""
-
-    def __post_init__(self) -> None:
-        own = "InferenceConfig"
-        _check_unit(own, "stc_score_threshold", self.stc_score_threshold)
-        _check_unit(own, "score_threshold", self.score_threshold)
-        _check_positive_int(own, "pre_nms_top_k", self.pre_nms_top_k)
-        _check_unit(own, "nms_threshold", self.nms_threshold, open_low=True)
-        _check_positive_int(own, "keep_top_k", self.keep_top_k)
-        for name in ("flip", "multi_scale"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{own}.{name} must be a bool, got {getattr(self, name)!r}")
-        _check_positive_int(own, "max_test_size", self.max_test_size)
-        _check_unit(own, "vote_threshold", self.vote_threshold, open_low=True)

@@ -9,12 +9,11 @@ Input contract (the data layer and trainer rely on it):
 * ``targets`` (training): list of B dicts with ``"boxes"``: float Tensor[N, 4] xyxy pixels, N ≥ 0.
 
 ``model.train(); model(images, targets)`` → ``{"loss_cls_1", "loss_box_1", "loss_cls_2", "loss_box_2"}``.
-``model.eval(); model(images)`` → per image ``{"boxes": Tensor[K, 4] xyxy pixels, "scores": Tensor[K]}``.
+``model.eval(); model(images)`` → per image ``{"boxes": Tensor[K, 4] xyxy pixels, "scores": Tensor[K]}``,
+single-scale; flip / multi-scale test wraps the detector: ``tta.ISRNWithTTA(model)``.
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,6 @@ from isrn_model.config import LEVELS, InferenceConfig, LossConfig, ModelConfig
 from isrn_model.postprocess import dense_predictions, select_detections
 from isrn_model.stc_str import TwoStepOutputs
 from isrn_model.targets import compute_losses
-from isrn_model.tta import detect_tta
 
 IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -42,7 +40,8 @@ class ISRN(nn.Module):
         neck: maps them to (first-step features C2–C7, second-step features P2–P7).
         heads: one :class:`~isrn_model.heads.SRNHead` (shared by both steps) or two (step 1, step 2).
         model_config, loss_config, inference_config: kept on the module (``export.save_model``
-            stores them; ``inference_config`` may be reassigned between evaluations).
+            stores them; ``inference_config`` may be reassigned between evaluations). Its ``flip`` and
+            ``multi_scale`` are read by :class:`~isrn_model.tta.ISRNWithTTA`, not by this module.
     """
 
     def __init__(
@@ -74,15 +73,14 @@ class ISRN(nn.Module):
         x = self.preprocess(images)
         if self.training:
             gt_boxes = self._validate_targets(targets, images.shape[0])
-            return compute_losses(self.two_step_outputs(x), gt_boxes, self.loss_config)
+            return compute_losses(self.two_step_outputs(x), gt_boxes, self.loss_config,
+                                  stc_threshold=self.model_config.stc_threshold)
         if image_sizes is None:
             image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
         elif len(image_sizes) != images.shape[0]:
             raise ValueError(f"image_sizes has {len(image_sizes)} entries for a batch of {images.shape[0]}")
-        if self.inference_config.flip or self.inference_config.multi_scale:
-            return self._detect_tta(images, image_sizes)
         out = self.two_step_outputs(x)
-        scores, boxes = dense_predictions(out, self.inference_config.stc_score_threshold)
+        scores, boxes = dense_predictions(out, self.stc_face_threshold)
         return select_detections(scores, boxes, out.counts, image_sizes, self.inference_config)
 
     def predict_raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,7 +90,12 @@ class ISRN(nn.Module):
         detections with ``postprocess.select_detections(scores, boxes, model.anchor_counts(H, W), …)``.
         """
         out = self.two_step_outputs(self.preprocess(images))
-        return dense_predictions(out, self.inference_config.stc_score_threshold)
+        return dense_predictions(out, self.stc_face_threshold)
+
+    @property
+    def stc_face_threshold(self) -> float:
+        """STC keeps an anchor iff its first-step face probability exceeds 1 − θ (θ = 0.99 → 0.01)."""
+        return 1.0 - self.model_config.stc_threshold
 
     # -- steps -----------------------------------------------------------------------------------
     def preprocess(self, images: Tensor) -> Tensor:
@@ -129,15 +132,6 @@ class ISRN(nn.Module):
             cls2=[head2.classify(p) for p in second],
             box2=[head2.regress(p) for p in second],
         )
-
-    def _detect_tta(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """Flip / multi-scale test per image (``tta.detect_tta``), each image cropped to its real size."""
-        tta_cfg = self.inference_config
-        self.inference_config = replace(tta_cfg, flip=False, multi_scale=False)  # the runs are plain
-        try:
-            return [detect_tta(self, image[:, :h, :w], tta_cfg) for image, (h, w) in zip(images, image_sizes)]
-        finally:
-            self.inference_config = tta_cfg
 
     def anchor_counts(self, height: int, width: int) -> list[int]:
         """Anchors per level (P2–P7) for an input of ``height`` × ``width`` (padded to 128 internally)."""

@@ -59,14 +59,31 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> IS
     payload = torch.load(file, map_location=map_location, weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{str(file)!r} is not an ISRN checkpoint (expected format {FORMAT!r})")
-    cfg = replace(ModelConfig.from_dict(payload["model_config"]), pretrained_path=None)
-    model = build_isrn(cfg, loss=LossConfig.from_dict(payload["loss_config"]),
-                       inference=InferenceConfig.from_dict(payload["inference_config"]))
+    configs = _upgrade_configs(payload)
+    cfg = replace(ModelConfig.from_dict(configs["model_config"]), pretrained_path=None)
+    model = build_isrn(cfg, loss=LossConfig.from_dict(configs["loss_config"]),
+                       inference=InferenceConfig.from_dict(configs["inference_config"]))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
         raise ValueError(f"{str(file)!r}: state dict does not fit its config: {err}") from err
     return model.eval()
+
+
+def _upgrade_configs(payload: dict) -> dict[str, dict]:
+    """The three config dicts of a saved model, older files brought up to date.
+
+    Before issue 14 the STC threshold was stored twice: ``loss_config.stc_threshold`` (θ) and
+    ``inference_config.stc_score_threshold`` (1 − θ); it is now ``model_config.stc_threshold`` alone.
+    """
+    model = dict(payload["model_config"])
+    loss = dict(payload["loss_config"])
+    inference = dict(payload["inference_config"])
+    theta = loss.pop("stc_threshold", None)
+    face = inference.pop("stc_score_threshold", None)
+    if "stc_threshold" not in model and (theta is not None or face is not None):
+        model["stc_threshold"] = 1.0 - face if face is not None else theta
+    return {"model_config": model, "loss_config": loss, "inference_config": inference}
 
 
 class ExportableISRN(nn.Module):

@@ -36,14 +36,19 @@ class FrozenBatchNorm2d(nn.Module):
         return x * scale[None, :, None, None] + shift[None, :, None, None]
 
 
-def group_norm(num_channels: int, num_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with ``gcd(num_groups, num_channels // 2)`` groups [ours].
+def group_norm(num_channels: int, num_groups: int = 32, min_group_channels: int = 1) -> nn.GroupNorm:
+    """GroupNorm with ``gcd(num_groups, num_channels // min_group_channels)`` groups [ours].
 
-    Equals ``num_groups`` for every layer of the full-width model (256 channels → 32 groups); narrow
-    demo layers get fewer groups, each with at least 2 channels, so they build and normalise even on
-    the 1×1 maps of C7/P7 at small inputs.
+    Equals ``num_groups`` for every layer of the full-width model (ISRN.md: GroupNorm(32) in the
+    backbone, FPN and head; the root stem's 32-channel convs get one channel per group); narrow demo
+    layers get fewer groups so they build.
     """
-    return nn.GroupNorm(math.gcd(num_groups, max(num_channels // 2, 1)), num_channels)
+    return nn.GroupNorm(math.gcd(num_groups, max(num_channels // min_group_channels, 1)), num_channels)
+
+
+NECK_MIN_GROUP_CHANNELS = 2
+"""Neck and head groups hold at least 2 channels [ours]: C7 / P7 can be 1×1 maps at small inputs, where a
+one-channel group normalises every value to 0. (At full width, 256 channels, they have 32 groups anyway.)"""
 
 
 def make_norm_layers(norm: str, gn_groups: int) -> tuple[NormLayer, NormLayer | None]:
@@ -53,8 +58,8 @@ def make_norm_layers(norm: str, gn_groups: int) -> tuple[NormLayer, NormLayer | 
     "frozen_bn": FrozenBatchNorm2d in the backbone and no norm in the neck and heads [ours].
     """
     if norm == "gn":
-        gn = partial(group_norm, num_groups=gn_groups)
-        return gn, gn
+        return (partial(group_norm, num_groups=gn_groups),
+                partial(group_norm, num_groups=gn_groups, min_group_channels=NECK_MIN_GROUP_CHANNELS))
     if norm == "bn":
         return nn.BatchNorm2d, nn.BatchNorm2d
     if norm == "frozen_bn":

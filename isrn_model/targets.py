@@ -6,8 +6,9 @@ Per image, vectorised over anchors (the only Python loop is over the images of t
   regression (smooth-L1 against the anchors) on STR levels.
 * **Step 2** — match the second-step references (anchors on non-STR levels, step-1-refined boxes on STR
   levels, detached) with the step-2 band (0.4 / 0.5). Classification on every level, but on STC levels
-  only on anchors whose step-1 background confidence is below θ (face probability > 1 − θ);
-  regression of the positives against their references.
+  only on anchors whose step-1 background confidence is below θ (face probability > 1 − θ) [ISRN.md
+  "STC"]; regression of every positive against its reference: STC filters classification only
+  (``LossConfig.stc_filter_regression`` also filters regression [ours, the earlier behaviour]).
 
 Each term is summed over the batch and divided by its own count of positive anchors (at least 1)
 [notes: "normalised by the number of positives"].
@@ -35,13 +36,16 @@ def _level_slices(levels: tuple[int, ...], counts: list[int], wanted: set[int]) 
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
 
 
-def compute_losses(out: TwoStepOutputs, gt_boxes: list[Tensor], cfg: LossConfig) -> dict[str, Tensor]:
+def compute_losses(
+    out: TwoStepOutputs, gt_boxes: list[Tensor], cfg: LossConfig, *, stc_threshold: float
+) -> dict[str, Tensor]:
     """The four named losses of a batch.
 
     Args:
         out: raw head outputs of both steps.
         gt_boxes: per image Tensor[G_i, 4] xyxy pixels (validated, non-degenerate; G_i may be 0).
         cfg: thresholds and loss parameters.
+        stc_threshold: STC background confidence θ (``ModelConfig.stc_threshold``, shared with inference).
 
     Returns:
         ``{"loss_cls_1", "loss_box_1", "loss_cls_2", "loss_box_2"}``, scalar tensors.
@@ -60,7 +64,7 @@ def compute_losses(out: TwoStepOutputs, gt_boxes: list[Tensor], cfg: LossConfig)
         refs = torch.cat(second_step_references(levels, out.anchors, {k: v.detach() for k, v in out.box1.items()},
                                                 batch), dim=1)
         keep = torch.cat(stc_keep_masks(levels, {k: v.detach() for k, v in out.cls1.items()}, counts, batch,
-                                        1.0 - cfg.stc_threshold, device), dim=1)
+                                        1.0 - stc_threshold, device), dim=1)
 
     sums = {name: cls2.new_zeros(()) for name in ("cls_1", "box_1", "cls_2", "box_2")}
     n_pos = dict.fromkeys(sums, 0)
@@ -84,9 +88,11 @@ def compute_losses(out: TwoStepOutputs, gt_boxes: list[Tensor], cfg: LossConfig)
         valid = (match2 != IGNORE) & keep[i]
         pos = (match2 >= 0) & keep[i]
         sums["cls_2"] = sums["cls_2"] + sigmoid_focal_loss(cls2[i][valid], pos[valid].to(cls2.dtype), **focal)
+        n_pos["cls_2"] += int(pos.sum())
+        if not cfg.stc_filter_regression:
+            pos = match2 >= 0
         target = encode(refs[i][pos], gt[match2[pos]])
         sums["box_2"] = sums["box_2"] + smooth_l1_loss(box2[i][pos], target, cfg.smooth_l1_beta)
-        n_pos["cls_2"] += int(pos.sum())
         n_pos["box_2"] += int(pos.sum())
 
     losses = {f"loss_{name}": total / max(n_pos[name], 1) for name, total in sums.items()}

@@ -10,6 +10,9 @@ For an image of h × w pixels and a pixel budget P = ``max_test_size``²:
 All boxes are mapped back to the original image and merged by :func:`box_vote`. With only ``flip``
 set, the image and its flip are merged. Coordinates are continuous (x1' = w − x2 under a flip, a scale
 s divides by s); the code's "+1" pixel convention is not reproduced [ours].
+
+:class:`ISRNWithTTA` wraps a detector (as detectron2's ``GeneralizedRCNNWithTTA``): it calls the plain
+single-scale detector once per run, so the detector itself never knows about test-time augmentation.
 """
 
 from __future__ import annotations
@@ -83,10 +86,10 @@ def _sides(dets: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def detect_tta(model: nn.Module, image: Tensor, cfg: InferenceConfig) -> dict[str, Tensor]:
-    """Flip / multi-scale detections of one image (Tensor[3, H, W] raw RGB) by an eval-mode ISRN.
+    """Flip / multi-scale detections of one image (Tensor[3, H, W] raw RGB) by an eval-mode detector.
 
-    ``model`` is called on single images with its plain single-scale post-processing (it must not
-    itself run TTA). Returns ``{"boxes": Tensor[K, 4] xyxy pixels, "scores": Tensor[K]}``.
+    ``model(Tensor[1, 3, h, w])`` must return ``[{"boxes": Tensor[K, 4], "scores": Tensor[K]}]`` (an ISRN
+    with its single-scale post-processing). Returns ``{"boxes": Tensor[K, 4] xyxy pixels, "scores": Tensor[K]}``.
     """
     height, width = image.shape[-2:]
     runs = []
@@ -112,3 +115,41 @@ def detect_tta(model: nn.Module, image: Tensor, cfg: InferenceConfig) -> dict[st
     voted = box_vote(torch.cat(runs), cfg.vote_threshold, cfg.keep_top_k)
     boxes = clip_boxes(voted[:, :4], height, width)
     return {"boxes": boxes, "scores": voted[:, 4]}
+
+
+class ISRNWithTTA(nn.Module):
+    """A detector with flip / multi-scale test: ``ISRNWithTTA(model)(images)`` → detections per image.
+
+    Args:
+        model: an eval-mode detector (an :class:`~isrn_model.detector.ISRN`, or DDP around one) whose
+            ``model(images)`` returns per image ``{"boxes": Tensor[K, 4] xyxy pixels, "scores": Tensor[K]}``.
+        cfg: ``flip``, ``multi_scale``, ``max_test_size``, ``vote_threshold`` and ``keep_top_k``;
+            default: the detector's own ``inference_config``.
+
+    ``forward(images, image_sizes=None)`` takes the detector's input (Tensor[B, 3, H, W] raw RGB, and
+    optionally the real (height, width) of each padded image) and runs :func:`detect_tta` per image,
+    on the image cropped to its real size. With neither ``flip`` nor ``multi_scale`` set it is the
+    detector itself.
+    """
+
+    def __init__(self, model: nn.Module, cfg: InferenceConfig | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg if cfg is not None else getattr(model, "module", model).inference_config
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None) -> list[dict[str, Tensor]]:
+        if not (self.cfg.flip or self.cfg.multi_scale):
+            return self.model(images, image_sizes=image_sizes)
+        if image_sizes is None:
+            image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
+        elif len(image_sizes) != images.shape[0]:
+            raise ValueError(f"image_sizes has {len(image_sizes)} entries for a batch of {images.shape[0]}")
+        return [detect_tta(self.model, image[:, :h, :w], self.cfg) for image, (h, w) in zip(images, image_sizes)]
+
+
+def with_tta(model: nn.Module, cfg: InferenceConfig | None = None) -> nn.Module:
+    """``model`` wrapped in :class:`ISRNWithTTA` when ``cfg`` (default: the model's) asks for flip or
+    multi-scale test; ``model`` itself otherwise."""
+    cfg = cfg if cfg is not None else getattr(model, "module", model).inference_config
+    return ISRNWithTTA(model, cfg) if cfg.flip or cfg.multi_scale else model

@@ -17,8 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from data_shards.loader import LoaderConfig
-from data_shards.synth import SynthConfig
+from data_shards.config import LoaderConfig, SynthConfig
 from isrn_model.config import InferenceConfig, LossConfig, ModelConfig
 from jobs.tune.config import TuneSpec
 

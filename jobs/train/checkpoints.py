@@ -21,6 +21,9 @@ class TrainingState:
     """Epochs completed."""
     best_ap_hard: float = 0.0
     last_ap: dict[str, float] = dataclasses.field(default_factory=dict)
+    """AP per setting of the latest evaluation."""
+    last_ap_epoch: int = 0
+    """The epoch whose weights `last_ap` measured (0: none yet)."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,11 @@ from jobs.preparation import PreparedJob, new_run_name, prepare_job, storage_for
 from jobs.spec import JobSpec
 from jobs.train import faults
 from jobs.train.checkpoint_store import CheckpointStore
+from jobs.train.progress import ProgressDisplay
 from jobs.train.tracking import finish_run, run_url, start_or_resume_run
-from jobs.train.worker import WorkerJob, train_loop_per_worker
+from jobs.train.worker import CHECKPOINT_SCORE, WorkerJob, train_loop_per_worker
 
 log = logging.getLogger(__name__)
-
-SCORE_METRIC = "val_ap_hard"
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainingOutcome:
@@ -38,12 +38,13 @@ class TrainingOutcome:
     model_uri: str | None
 
 
-def build_trainer(job: PreparedJob, run_name: str, run_id: str | None, callbacks: list | None = None):
+def build_trainer(job: PreparedJob, run_name: str, run_id: str | None, callbacks: list | None = None,
+                  progress: Any = None):
     """The `TorchTrainer` of a prepared spec (Tune reuses it unchanged, adding its report callback).
 
     Nothing secret goes into it: Ray pickles the trainer, and Tune stores it in the checkpoint
     bucket. Workers read S3 credentials from their own environment (the local head's, a
-    Kubernetes Secret's, an IAM role's).
+    Kubernetes Secret's, an IAM role's). `progress`: a Ray queue rank 0 sends progress events to.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -52,7 +53,8 @@ def build_trainer(job: PreparedJob, run_name: str, run_id: str | None, callbacks
     storage_path, filesystem = storage_for(spec, job.env)
     worker_job = WorkerJob(
         train_manifest=job.train_manifest, val_manifest=job.val_manifest, tracking_uri=job.env.mlflow_uri,
-        run_id=run_id, faults=tuple(dataclasses.asdict(f) for f in faults.plan_from_env()),
+        run_id=run_id, faults=tuple(dataclasses.asdict(f) for f in faults.plan_from_env()), progress=progress,
+        verbose=logging.getLogger().isEnabledFor(logging.DEBUG),
     )
     scaling = spec.scaling
     return TorchTrainer(
@@ -64,8 +66,9 @@ def build_trainer(job: PreparedJob, run_name: str, run_id: str | None, callbacks
                                  timeout_s=scaling.collective_timeout_s),
         run_config=RunConfig(
             name=run_name, storage_path=storage_path, storage_filesystem=filesystem,
+            # Only evaluated checkpoints compete for the best `keep`; Ray keeps the latest as well.
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep,
-                                               checkpoint_score_attribute=SCORE_METRIC,
+                                               checkpoint_score_attribute=CHECKPOINT_SCORE,
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             callbacks=callbacks or None,
@@ -73,31 +76,40 @@ def build_trainer(job: PreparedJob, run_name: str, run_id: str | None, callbacks
     )
 
 
+def best_evaluated(checkpoints: list[tuple[Any, dict[str, Any]]]) -> tuple[Any, dict[str, Any]] | None:
+    """The (checkpoint, its report's metrics) of the highest AP Hard among evaluated checkpoints; on
+    a tie the later one (None when no checkpoint was evaluated)."""
+    scored = [(c, m) for c, m in checkpoints if math.isfinite(float(m.get(CHECKPOINT_SCORE, -math.inf)))]
+    return max(scored, key=lambda pair: (pair[1][CHECKPOINT_SCORE], pair[1].get("step", 0)), default=None)
+
+
 def run_training(spec: JobSpec, *, resume: str | None = None, env: JobEnvironment | None = None) -> TrainingOutcome:
     """Run a spec on the Ray cluster; `resume` is the run name of a stopped run to continue."""
-    from ray.train import Checkpoint
+    from ray.util.queue import Queue
 
     env = env or JobEnvironment.resolve()
     job = prepare_job(spec, env)
     run_name = resume or new_run_name(spec)
     run_id = start_or_resume_run(env.mlflow_uri, spec.tracking.experiment, run_name, tags=job.lineage,
                                  params=spec.flat_params(), spec_yaml=spec.to_yaml())
-    log.info("training %s: MLflow run %s", run_name, run_url(env.mlflow_uri, run_id))
+    log.warning("training %s: MLflow run %s", run_name, run_url(env.mlflow_uri, run_id))
     try:
-        result = build_trainer(job, run_name, run_id).fit()
-        best: Checkpoint | None = None
-        if result.best_checkpoints:
-            best = max(result.best_checkpoints, key=lambda pair: pair[1].get(SCORE_METRIC, 0.0))[0]
+        queue = Queue(actor_options={"num_cpus": 0})
+        with ProgressDisplay(queue):
+            result = build_trainer(job, run_name, run_id, progress=queue).fit()
+        best = best_evaluated(result.best_checkpoints or [])
         model_uri = None
-        if best is not None and spec.tracking.log_model:
-            model_uri = log_best_model(env.mlflow_uri, run_id, best, spec)
+        if best is not None:
+            log_best_metrics(env.mlflow_uri, run_id, best[1])
+            if spec.tracking.log_model:
+                model_uri = log_best_model(env.mlflow_uri, run_id, best[0], spec, best[1])
         prune_unregistered_checkpoints(spec, env, run_name, result)
     except BaseException:
         finish_run(env.mlflow_uri, run_id, "FAILED")
         raise
     finish_run(env.mlflow_uri, run_id, "FINISHED")
     return TrainingOutcome(run_name=run_name, mlflow_run_id=run_id, mlflow_run_url=run_url(env.mlflow_uri, run_id),
-                           metrics=dict(result.metrics or {}), best_checkpoint=best.path if best else None,
+                           metrics=dict(result.metrics or {}), best_checkpoint=best[0].path if best else None,
                            model_uri=model_uri)
 
 
@@ -119,10 +131,31 @@ def prune_unregistered_checkpoints(spec: JobSpec, env: JobEnvironment, run_name:
         log.info("pruned checkpoint %s (not kept by Ray)", path)
 
 
-def log_best_model(tracking_uri: str, run_id: str, checkpoint, spec: JobSpec) -> str:
-    """Log the best checkpoint's model to the run as an MLflow PyTorch model, ready to register."""
+BEST_KEYS = ("val_ap_easy", "val_ap_medium", "val_ap_hard")
+
+
+def best_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """What the best checkpoint measured: its AP per setting, its epoch and step."""
+    return {**{key: float(report[key]) for key in BEST_KEYS if key in report},
+            "epoch": float(report["epoch"]), "step": float(report["step"])}
+
+
+def log_best_metrics(tracking_uri: str, run_id: str, report: dict[str, Any]) -> None:
+    """The run's `best_val_ap_*`, `best_epoch`, `best_step`: the numbers of the checkpoint logged as its model."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"best_{key}", value, now, int(report["step"])) for key, value in best_metrics(report).items()]
+    MlflowClient(tracking_uri).log_batch(run_id, metrics=metrics)
+
+
+def log_best_model(tracking_uri: str, run_id: str, checkpoint, spec: JobSpec, report: dict[str, Any]) -> str:
+    """Log the best evaluated checkpoint's model to the run as an MLflow PyTorch model, ready to
+    register, with that checkpoint's AP, epoch and step as the model's own metrics."""
     from jobs.train.model_logging import log_detector
 
     with tempfile.TemporaryDirectory(prefix="isrn-best-") as directory:
         local = Path(checkpoint.to_directory(directory))
-        return log_detector(tracking_uri, run_id, local, spec, checkpoint_uri=checkpoint.path)
+        return log_detector(tracking_uri, run_id, local, spec, checkpoint_uri=checkpoint.path,
+                            metrics=best_metrics(report))

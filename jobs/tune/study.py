@@ -18,12 +18,15 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
+
 from jobs import tags
 from jobs.cluster import Bundle, autoscaler_node_types, cluster_nodes, max_capacity, trials_that_fit
 from jobs.environment import JobEnvironment
 from jobs.preparation import PreparedJob, new_run_name, prepare_job, storage_for
 from jobs.spec import JobSpec, SpecError
-from jobs.train.driver import log_best_model, prune_unregistered_checkpoints
+from jobs.train.driver import log_best_metrics, log_best_model, prune_unregistered_checkpoints
+from jobs.train.worker import CHECKPOINT_SCORE
 from jobs.train.tracking import finish_run, run_url, start_or_resume_run
 from jobs.tune.config import TuneSpec
 from jobs.tune.mlflow_study import TrialRunStatus, closed_trials, find_run, log_study_summary, trial_run_name
@@ -231,14 +234,16 @@ def _log_best_trial_model(results, spec: JobSpec, env: JobEnvironment, study: st
         return run.info.run_id, None
     history = best.metrics_dataframe
     # Only evaluated checkpoints compete: a checkpoint's score is the AP of its own weights.
-    scored = (history[history["checkpoint_path"].notna() & history[tune_spec.metric].notna()]
-              if {"checkpoint_path", tune_spec.metric} <= set(history) else history.iloc[0:0])
-    if scored.empty:
+    if not {"checkpoint_path", CHECKPOINT_SCORE} <= set(history):
         log.warning("best trial %s reported no checkpoint: no model logged", best.metrics["trial_id"])
         return run.info.run_id, None
-    ordered = scored.sort_values(tune_spec.metric, kind="stable")  # ties: the later checkpoint last
-    row = ordered.iloc[-1] if tune_spec.mode == "max" else ordered.iloc[0]
+    scored = history[history["checkpoint_path"].notna() & np.isfinite(history[CHECKPOINT_SCORE].astype(float))]
+    if scored.empty:
+        log.warning("best trial %s reported no evaluated checkpoint: no model logged", best.metrics["trial_id"])
+        return run.info.run_id, None
+    row = scored.sort_values([CHECKPOINT_SCORE, "step"], kind="stable").iloc[-1].to_dict()  # ties: the later
     trial_spec = apply_trial_config(spec, best.config)
     checkpoint = Checkpoint(path=row["checkpoint_path"], filesystem=filesystem)
-    model_uri = log_best_model(env.mlflow_uri, run.info.run_id, checkpoint, trial_spec)
+    log_best_metrics(env.mlflow_uri, run.info.run_id, row)
+    model_uri = log_best_model(env.mlflow_uri, run.info.run_id, checkpoint, trial_spec, row)
     return run.info.run_id, model_uri

@@ -7,7 +7,9 @@ kept boxes are clipped to the window; boxes under `min_box_size` output pixels a
 import numpy as np
 import pytest
 
-from data_shards.augment import AugmentConfig, TrainTransform, photometric, sample_train_transform, val_resize
+from data_shards.augment import (
+    AugmentConfig, TrainTransform, own_anchor_index, photometric, sample_train_transform, val_resize,
+)
 
 BOX = [[60.0, 10.0, 80.0, 30.0]]  # xyxy in a 200 (w) x 100 (h) source image
 
@@ -77,16 +79,77 @@ def test_sampling_is_seeded():
     assert draw(3) == draw(3)
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_data_anchor_sampling_puts_the_face_at_an_anchor_scale(seed):
-    # one face of sqrt-area 40 px: nearest anchor 32 (index 1), so the target anchor is 16, 32 or 64
-    # and the face's output size is in [16 / 2, 64 * 2]; the face lies inside the window.
-    cfg = AugmentConfig(out_size=128, data_anchor_sampling_prob=1.0)
-    face = np.array([[100.0, 50.0, 140.0, 90.0]])
-    t = sample_train_transform(np.random.default_rng(seed), (300, 400), face, cfg)
-    assert 8.0 <= 40 * t.scale <= 128.0
-    out, keep = t.apply_boxes(face)
-    assert keep.tolist() == [True]
+# ---- the recipe of shared/ISRN.md ("Training recipe"), worked by hand -------------------------------
+
+NO_FACES = np.zeros((0, 4))
+SIZES_AT_OR_BELOW_45 = [8.0, 11.313708, 16.0, 22.627416, 32.0, 45.254832]  # 2·4, 2√2·4, … 2√2·16
+
+
+def test_das_maps_onto_the_detectors_own_anchor_sizes():
+    # ISRN.md "Anchors": scales {2, 2√2} × stride on strides 4 … 128 → 8, 11.3, 16, … 256, 362 px
+    from isrn_model.anchors import ANCHOR_SCALES, level_stride
+
+    expected = sorted(s * level_stride(level) for level in range(2, 8) for s in ANCHOR_SCALES)
+    assert list(AugmentConfig().das_anchor_sizes) == pytest.approx(expected)
+    assert AugmentConfig().das_anchor_sizes[0] == 8.0 and AugmentConfig().das_anchor_sizes[-1] == pytest.approx(362.04, abs=0.01)
+
+
+def test_own_anchor_is_the_nearest_in_ratio():
+    sizes = AugmentConfig().das_anchor_sizes
+    # f = 40: |ln(32 / 40)| = 0.223 > |ln(45.25 / 40)| = 0.123 → 45.25 (index 5)
+    assert own_anchor_index(40.0, sizes) == 5
+    # f = 13.5: |ln(11.31 / 13.5)| = 0.177 > |ln(16 / 13.5)| = 0.170 → 16 (index 2); nearest in pixels
+    # would be 11.31 (2.19 px away vs 2.5)
+    assert own_anchor_index(13.5, sizes) == 2
+    assert own_anchor_index(3.0, sizes) == 0 and own_anchor_index(1000.0, sizes) == 11
+
+
+def _das_face_sizes(cfg, seeds=range(60)):
+    face = np.array([[100.0, 50.0, 140.0, 90.0]])  # 40 × 40: sqrt-area 40, own anchor 45.25
+    out = []
+    for seed in seeds:
+        t = sample_train_transform(np.random.default_rng(seed), (300, 400), face, cfg)
+        boxes, keep = t.apply_boxes(face)
+        assert keep.tolist() == [True]  # the window holds the face
+        out.append(40.0 * t.scale)
+    return np.array(out)
+
+
+def test_das_lands_the_face_exactly_on_an_anchor_size_at_or_below_its_own():
+    sizes = _das_face_sizes(AugmentConfig(out_size=128, data_anchor_sampling_prob=1.0))
+    # every sample: the face is one of the six sizes ≤ 45.25, exactly (side = 128 · 40 / a)
+    nearest = np.array(SIZES_AT_OR_BELOW_45)[np.abs(sizes[:, None] - np.array(SIZES_AT_OR_BELOW_45)).argmin(1)]
+    np.testing.assert_allclose(sizes, nearest, rtol=1e-9)
+    assert set(np.round(nearest, 2)) == set(np.round(SIZES_AT_OR_BELOW_45, 2))  # all six are drawn
+
+
+def test_das_options_marked_ours():
+    larger = _das_face_sizes(AugmentConfig(out_size=128, data_anchor_sampling_prob=1.0, das_allow_larger=True))
+    assert larger.max() == pytest.approx(64.0)  # PyramidBox's rule: one size above (64) too
+    jitter = _das_face_sizes(AugmentConfig(out_size=128, data_anchor_sampling_prob=1.0, das_size_jitter=2.0))
+    assert 8.0 / 2 <= jitter.min() and jitter.max() <= 45.254832 * 2  # U[a / 2, 2a], a ≤ 45.25
+    assert not np.isin(np.round(jitter, 6), np.round(SIZES_AT_OR_BELOW_45, 6)).all()
+
+
+def _crop_sides(cfg, seeds=range(200), hw=(100, 200)):
+    return np.array([sample_train_transform(np.random.default_rng(s), hw, NO_FACES, cfg).side for s in seeds])
+
+
+def test_square_crop_is_the_short_side_or_a_fraction_of_it():
+    no_zoom = {"zoom_out_prob": 0.0, "data_anchor_sampling_prob": 0.0}
+    # image 100 × 200 (h × w): short side 100
+    assert (_crop_sides(AugmentConfig(crop_full_side_prob=1.0, **no_zoom)) == 100.0).all()
+    part = _crop_sides(AugmentConfig(crop_full_side_prob=0.0, **no_zoom))
+    assert (part >= 50.0).all() and (part < 100.0).all()  # U[0.5, 1] × 100
+    mixed = _crop_sides(AugmentConfig(**no_zoom))  # default: either patch with probability 0.5
+    assert 0.35 < (mixed == 100.0).mean() < 0.65 and (mixed >= 50.0).all()
+
+
+def test_zoom_out_expands_every_image_by_one_to_four():
+    cfg = AugmentConfig(data_anchor_sampling_prob=0.0, crop_full_side_prob=1.0)
+    assert cfg.zoom_out_prob == 1.0  # ISRN.md lists zoom-out ×[1, 4] with no probability: always
+    sides = _crop_sides(cfg)  # side = ratio × short side, ratio ~ U[1, 4]
+    assert (sides >= 100.0).all() and (sides <= 400.0).all() and np.median(sides) > 200.0
 
 
 def test_val_resize_caps_long_side():

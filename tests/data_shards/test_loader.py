@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_shards.loader import LoaderConfig, assign_shards, make_train_loader, make_val_loader
+from data_shards.loader import AugmentConfig, LoaderConfig, assign_shards, make_train_loader, make_val_loader
 from data_shards.manifest import Manifest, ShardEntry
 from data_shards.shard_writer import sample_key, write_shard
 from data_shards.wider_layout import WiderLayout
 
-CFG = LoaderConfig(batch_size=2, image_size=128, num_workers=2, shuffle_buffer=4, val_batch_size=2, val_max_size=256)
+CFG = LoaderConfig(batch_size=2, augment=AugmentConfig(out_size=128), num_workers=2, shuffle_buffer=4, val_batch_size=2,
+                   val_max_size=256)
 
 
 def uneven_shards(wider_root: Path, out: Path, split: str, sizes: list[int]) -> str:
@@ -33,10 +34,12 @@ def uneven_shards(wider_root: Path, out: Path, split: str, sizes: list[int]) -> 
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="LoaderConfig.batch_size"):
         LoaderConfig(batch_size=0)
-    with pytest.raises(ValueError, match="data_anchor_sampling_prob"):
-        LoaderConfig(data_anchor_sampling_prob=1.5)
-    with pytest.raises(ValueError, match="unknown LoaderConfig field.*bogus"):
+    with pytest.raises(ValueError, match=r"LoaderConfig\.augment\.data_anchor_sampling_prob: Input should be less than or equal to 1"):
+        LoaderConfig.from_dict({"augment": {"data_anchor_sampling_prob": 1.5}})
+    with pytest.raises(ValueError, match="LoaderConfig.bogus: unknown key"):
         LoaderConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="LoaderConfig.image_size: unknown key"):  # now augment.out_size
+        LoaderConfig(image_size=640)
 
 
 def test_train_batches_equal_per_rank_with_uneven_shards(wider_root, tmp_path):
@@ -112,7 +115,7 @@ def _corrupt_shards(wider_root: Path, out: Path) -> str:
 
 def test_corrupt_samples_are_skipped_and_counted(wider_root, tmp_path, caplog):
     url = _corrupt_shards(wider_root, tmp_path)
-    cfg = LoaderConfig(batch_size=2, image_size=64, num_workers=0, val_batch_size=1)
+    cfg = LoaderConfig(batch_size=2, augment=AugmentConfig(out_size=64), num_workers=0, val_batch_size=1)
     batches = list(make_val_loader(url, cfg))
     valid = [k for b in batches for k, v in zip(b["keys"], b["valid"].tolist(), strict=True) if v]
     skipped = sum(b["skipped"] for b in batches)
@@ -121,5 +124,6 @@ def test_corrupt_samples_are_skipped_and_counted(wider_root, tmp_path, caplog):
     assert skipped >= 3  # corrupt JPEG, bad JSON, truncated tar
     assert "corrupt JPEG" in caplog.text and "val-000001.tar" in caplog.text
     assert "undecodable JSON" in caplog.text
-    train = list(make_train_loader(url, LoaderConfig(batch_size=2, image_size=64, num_workers=0, batches_per_epoch=8)))
+    train = list(make_train_loader(url, LoaderConfig(batch_size=2, augment=AugmentConfig(out_size=64), num_workers=0,
+                                                      batches_per_epoch=8)))
     assert len(train) == 8  # the epoch goes on through bad samples

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from data_shards import shard_writer
-from data_shards.loader import LoaderConfig, make_train_loader, make_val_loader
+from data_shards.loader import AugmentConfig, LoaderConfig, make_train_loader, make_val_loader
 from data_shards.manifest import fetch_ground_truth, find_manifests, manifest_url, read_manifest, verify_manifest
 from data_shards.storage import S3Settings, S3Store, StorageAccessError, check_access, s3_client
 from data_shards.wider_layout import Face, WiderLayout, load_val_ground_truth
@@ -48,7 +48,7 @@ def test_round_trip_is_exact(wider_root, s3_env, fresh_bucket, tmp_path):
     assert set(gt.boxes) == {(r.event, r.name) for r in layout.records("val")}
 
     # the loaders stream the same shards from S3 through the boto3 opener
-    cfg = LoaderConfig(batch_size=2, image_size=96, num_workers=1, val_batch_size=4)
+    cfg = LoaderConfig(batch_size=2, augment=AugmentConfig(out_size=96), num_workers=1, val_batch_size=4)
     assert len(list(make_train_loader(manifest_url(url, "train"), cfg))) == 6
     keys = [k for b in make_val_loader(manifest_url(url, "val"), cfg) for k in b["keys"]]
     assert sorted(keys) == sorted((r.event, r.name) for r in layout.records("val"))

@@ -8,6 +8,7 @@ import torch
 from isrn_model.boxes import box_iou
 from isrn_model.builder import build_isrn
 from isrn_model.config import InferenceConfig, ModelConfig
+from isrn_model.tta import ISRNWithTTA, with_tta
 
 TINY = {"depth": 18, "base_width": 16, "fpn_channels": 32, "head_channels": 32}
 
@@ -99,15 +100,11 @@ def test_variants_build_and_train(kwargs):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_flip_test_runs(tiny):
+def test_flip_test_wraps_the_real_detector(tiny):
     tiny.eval()
-    tiny.inference_config = InferenceConfig(score_threshold=0.0, flip=True)
-    try:
-        with torch.no_grad():
-            det = tiny(torch.rand(1, 3, 128, 128) * 255)[0]
-    finally:
-        tiny.inference_config = InferenceConfig()
+    det = ISRNWithTTA(tiny, InferenceConfig(score_threshold=0.0, flip=True))(torch.rand(1, 3, 128, 128) * 255)[0]
     assert det["boxes"].shape[1] == 4 and len(det["boxes"]) == len(det["scores"])
+    assert with_tta(tiny) is tiny  # the model's own config asks for no TTA
 
 
 def _three_faces_image():

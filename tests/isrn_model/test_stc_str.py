@@ -50,7 +50,7 @@ def test_str_refines_only_str_levels_and_step2_decodes_against_refined():
 def test_stc_drops_filtered_anchor_from_second_step_loss():
     gt = [torch.tensor([[0.0, 0.0, 10.0, 10.0]])]
     cfg = LossConfig(allow_low_quality_matches=False)
-    losses = compute_losses(_outputs(), gt, cfg)
+    losses = compute_losses(_outputs(), gt, cfg, stc_threshold=0.99)
     ln2 = math.log(2.0)
     # step 2: A0 face (IoU 1), A1 background but filtered by STC, A2 background (IoU 100/400 = 0.25 < 0.4)
     # focal(0 → face) = 0.25 · 0.5² · ln2 ; focal(0 → background) = 0.75 · 0.5² · ln2 ; one positive
@@ -67,7 +67,41 @@ def test_step2_targets_encoded_against_refined_boxes():
     # Refine A2 by dx = −0.25 (→ [−5, 0, 15, 20]) so it is a step-2 positive for the face [−5, 0, 15, 20]...
     gt = [torch.tensor([[-5.0, 0.0, 15.0, 20.0]])]
     out = _outputs(box1_dx=-0.25, box2_dx=0.0)
-    losses = compute_losses(out, gt, LossConfig(allow_low_quality_matches=False))
+    losses = compute_losses(out, gt, LossConfig(allow_low_quality_matches=False), stc_threshold=0.99)
     # ... then the step-2 target is encode(refined, face) = 0 and the zero prediction costs nothing,
     # whereas against the raw anchor it would be dx = −0.25.
     assert losses["loss_box_2"].item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_str_matches_the_refined_box_not_the_raw_anchor():
+    # Face [10, 0, 30, 20]. P5's raw anchor A2 = [0, 0, 20, 20]: IoU = 10·20 / (400 + 400 − 200) = 1/3,
+    # below the step-2 background threshold 0.4. Refined by dx = 0.5 (centre 10 + 0.5 · 20 = 20) it is
+    # [10, 0, 30, 20]: IoU 1 ≥ 0.5, a step-2 positive, and its box target encode(refined, face) = 0.
+    gt = [torch.tensor([[10.0, 0.0, 30.0, 20.0]])]
+    cfg = LossConfig(allow_low_quality_matches=False)
+    ln2 = math.log(2.0)
+    refined = compute_losses(_outputs(box1_dx=0.5), gt, cfg, stc_threshold=0.99)
+    # step 2 at logit 0 (p = 0.5): A0 background 0.75 · 0.5² · ln2, A1 filtered by STC, A2 face
+    # 0.25 · 0.5² · ln2; one positive
+    assert refined["loss_cls_2"].item() == pytest.approx((0.75 + 0.25) * 0.25 * ln2, rel=1e-6)
+    assert refined["loss_box_2"].item() == pytest.approx(0.0, abs=1e-7)
+    # the same outputs without refinement (dx = 0): A2 stays background, no positive at all
+    raw = compute_losses(_outputs(box1_dx=0.0), gt, cfg, stc_threshold=0.99)
+    assert raw["loss_cls_2"].item() == pytest.approx(2 * 0.75 * 0.25 * ln2, rel=1e-6)
+
+
+def test_stc_filters_second_step_classification_only_unless_asked():
+    # Face exactly on A1 = [100, 100, 110, 110], whose first-step face probability 0.0067 ≤ 0.01: STC
+    # removes A1 from the step-2 classification loss. Its step-2 regression (dx = 0.5 against a target
+    # of 0) still counts, as ISRN.md says: smooth-L1(0.5, β = 1/9) = 0.5 − 0.5 · (1/9) = 0.44444.
+    gt = [torch.tensor([[100.0, 100.0, 110.0, 110.0]])]
+    out = _outputs()
+    out.box2[0] = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]]], requires_grad=True)
+    ln2 = math.log(2.0)
+    losses = compute_losses(out, gt, LossConfig(allow_low_quality_matches=False), stc_threshold=0.99)
+    assert losses["loss_box_2"].item() == pytest.approx(0.5 - 0.5 / 9, rel=1e-6)
+    # classification: A0 and A2 background at logit 0, A1 (the face) filtered; no positive → divide by 1
+    assert losses["loss_cls_2"].item() == pytest.approx(2 * 0.75 * 0.25 * ln2, rel=1e-6)
+    ours = compute_losses(out, gt, LossConfig(allow_low_quality_matches=False, stc_filter_regression=True),
+                          stc_threshold=0.99)
+    assert ours["loss_box_2"].item() == 0.0  # [ours] the filtered positive leaves the box loss too

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from jobs.spec import SPECS_DIR, JobSpec, SpecError, load_spec, parse_override
@@ -25,8 +29,11 @@ def test_overrides_are_typed_and_applied():
         ("scaling.num_workers=two", r"scaling\.num_workers: Input should be a valid integer"),
         ("train.epoch=3", r"train\.epoch: unknown key"),
         ("model.bogus=1", r"model\.bogus: unknown key"),
-        ("model.depth=19", r"model: ModelConfig\.depth must be one of"),
-        ("loader.batch_size=0", r"loader: LoaderConfig\.batch_size"),
+        ("model.depth=19", r"model\.depth: Input should be 18, 34, 50 or 101"),
+        ("loader.batch_size=0", r"loader\.batch_size: Input should be greater than 0"),
+        ("loader.image_size=256", r"loader\.image_size: unknown key"),
+        ("loader.augment.zoom_out_max=0.5", r"loader\.augment\.zoom_out_max: Input should be greater than or equal to 1"),
+        ("model.stc_levels=[2, 2]", r"model: stc_levels must list distinct levels"),
         ("optim.milestones=[0.9, 0.5]", r"optim\.milestones: .*increasing"),
         ("optim.name=rmsprop", r"optim\.name: Input should be 'sgd' or 'adamw'"),
     ],
@@ -51,3 +58,12 @@ def test_flat_params_and_fingerprint():
     assert params["optim.lr"] == "0.01" and params["model.depth"] == "18"
     assert all(len(v) <= 500 for v in params.values())
     assert spec.fingerprint() == load_spec("smoke").fingerprint() != load_spec("smoke", ["optim.lr=0.5"]).fingerprint()
+
+
+def test_the_job_spec_imports_neither_torch_nor_opencv_nor_webdataset():
+    # `isrn train SPEC --dry-run` and `isrn submit` only validate the spec: they must start fast.
+    code = ("import sys, jobs.spec, jobs.commands.train, jobs.commands.submit; "
+            "print(sorted(m for m in ('torch', 'webdataset', 'cv2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

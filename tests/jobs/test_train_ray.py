@@ -62,7 +62,22 @@ def test_two_worker_ddp_run_is_tracked_checkpointed_and_detects(platform_env, lo
     assert [s for s, _ in _history(client, run.info.run_id, "loss_cls_1")] == [2, 4, 6, 8, 10, 12]
     for key in ("loss_box_1", "loss_cls_2", "loss_box_2", "lr", "images_per_s", "data_s", "compute_s"):
         assert _history(client, run.info.run_id, key), key
-    assert [s for s, _ in _history(client, run.info.run_id, "val_ap_hard")] == [6, 12]
+    assert sorted({s for s, _ in _history(client, run.info.run_id, "val_ap_hard")}) == [6, 12]
+    # Where each epoch's time went: shares of the accounted wall time, summing to 1.
+    shares = {k: v for k, v in run.data.metrics.items() if k.startswith("time_share_")}
+    assert {"time_share_data_wait", "time_share_forward", "time_share_backward", "time_share_optimizer",
+            "time_share_checkpoint", "time_share_evaluation"} <= set(shares), shares
+    assert abs(sum(shares.values()) - 1) < 1e-6
+    # The logged model is the best evaluated checkpoint, and carries its own numbers (issue 12).
+    history = dict(_history(client, run.info.run_id, "val_ap_hard"))
+    best_step = int(run.data.metrics["best_step"])
+    assert best_step in (6, 12) and run.data.metrics["best_val_ap_hard"] == history[best_step]
+    assert run.data.metrics["best_val_ap_hard"] == max(history.values())
+    logged = mlflow.get_logged_model(outcome.model_uri.removeprefix("models:/"))
+    model_metrics = {m.key: m.value for m in logged.metrics}
+    assert model_metrics["val_ap_hard"] == run.data.metrics["best_val_ap_hard"]
+    assert logged.params["best_step"] == str(best_step)
+    assert outcome.best_checkpoint.endswith(f"step_{best_step:08d}")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"spec", "pr_curves", "val_images"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "pr_curves")} == {

@@ -12,6 +12,8 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 
+from jobs.tags import MODEL_URI, VAL_MANIFEST
+
 AP_METRICS = ("val_ap_easy", "val_ap_medium", "val_ap_hard")
 """The logged model's own metrics that promotion reads and copies onto the model version."""
 
@@ -83,9 +85,9 @@ class ModelRecord:
 
     run_id: str
     val_manifest: str | None
-    """The run's val manifest fingerprint (tag `isrn.val_manifest`)."""
+    """The run's val manifest fingerprint (tag `jobs.tags.VAL_MANIFEST`)."""
     model_uri: str | None
-    """The run's logged model (tag `isrn.model_uri`), `models:/m-…` for an MLflow 3 LoggedModel."""
+    """The run's logged model (tag `jobs.tags.MODEL_URI`), `models:/m-…` for an MLflow 3 LoggedModel."""
     model_metrics: Mapping[str, float] | None
     """The LoggedModel's own metrics; None when no LoggedModel of that id was found."""
     metric_manifests: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False)
@@ -111,9 +113,10 @@ def assess(record: ModelRecord, rule: PromotionRule) -> Candidate | str:
     """The run's candidate, or why it is not one (a sentence for `isrn promote --dry-run`)."""
     m = rule.metric
     if not record.model_uri:
-        return "no logged model (tag isrn.model_uri): train with tracking.log_model: true"
+        return f"no logged model (tag {MODEL_URI}): train with tracking.log_model: true"
     if record.model_id is None:
-        return f"its model {record.model_uri} is not an MLflow 3 logged model (models:/m-…), which carries its own metrics"
+        return (f"its model {record.model_uri} is not an MLflow 3 logged model (models:/m-…), "
+                "which carries its own metrics")
     if record.model_metrics is None:
         return f"its logged model {record.model_id} was not found on the tracking server"
     if m not in record.model_metrics:
@@ -124,7 +127,7 @@ def assess(record: ModelRecord, rule: PromotionRule) -> Candidate | str:
     if math.isnan(value):
         return f"its logged model {record.model_id} has {m} = NaN"
     if not record.val_manifest:
-        return "no val manifest (tag isrn.val_manifest): its AP cannot be compared with the champion's"
+        return f"no val manifest (tag {VAL_MANIFEST}): its AP cannot be compared with the champion's"
     measured_on = record.metric_manifests.get(m)
     if measured_on is not None and measured_on != record.val_manifest:
         return (f"its logged model's {m} was measured on val manifest {measured_on}, "

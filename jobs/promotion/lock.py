@@ -37,7 +37,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from jobs.promotion.errors import ALREADY_EXISTS, DOES_NOT_EXIST, PromotionError, RegistryError, already_exists, is_missing
+from jobs.promotion.errors import (
+    ALREADY_EXISTS,
+    DOES_NOT_EXIST,
+    PromotionError,
+    RegistryError,
+    already_exists,
+    is_missing,
+)
 from jobs.tags import LOCK_OWNER
 
 log = logging.getLogger(__name__)

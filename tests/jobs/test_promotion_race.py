@@ -117,9 +117,11 @@ def _race(uri: str, client, new_experiment, training_run, store: str) -> None:
     runs = {training_run(client, experiment, ap): ap for ap in aps}
     ap_of = {first: 0.05, **runs}
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     processes = [subprocess.Popen([sys.executable, "-c", PROCESS, "--run", run_id, "--model-name", model, "--json"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                  text=True)
                  for run_id in list(runs)[THREADS:]]
     for process in processes:  # every process has imported MLflow before anyone starts
         assert process.stdout.readline().strip() == "ready", process.stderr.read()
@@ -168,7 +170,8 @@ def _race(uri: str, client, new_experiment, training_run, store: str) -> None:
 
     waits = sorted(o["lock_wait_s"] for o in outcomes)
     print(f"\n[{store}] {RACERS} promotions ({THREADS} threads, {RACERS - THREADS} processes; APs seed {seed}) in "
-          f"{seconds:.1f} s; lock waits min/median/max {waits[0]:.2f}/{statistics.median(waits):.2f}/{waits[-1]:.2f} s; "
+          f"{seconds:.1f} s; lock waits min/median/max "
+          f"{waits[0]:.2f}/{statistics.median(waits):.2f}/{waits[-1]:.2f} s; "
           f"{sum(o['promote'] for o in outcomes)} moved champion; final champion v{champion} "
           f"val_ap_hard={ap_of[versions[champion]]:.2f} (best of {sorted(aps)}), previous v{previous} "
           f"val_ap_hard={ap_of[versions[previous]]:.2f}")

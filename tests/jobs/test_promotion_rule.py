@@ -8,6 +8,7 @@ import pytest
 
 from jobs.promotion.decision import Candidate, ModelRecord, PromotionRule, assess, rank, should_promote
 from jobs.promotion.notes import model_description, version_description
+from jobs.tags import MODEL_URI
 
 VAL = "val-aaaa"
 RULE = PromotionRule(metric="val_ap_hard", margin=0.01)
@@ -53,14 +54,15 @@ def record(run: str, metrics: dict[str, float] | None, *, manifest: str | None =
 
 AP = {"val_ap_easy": 0.5, "val_ap_medium": 0.4, "val_ap_hard": 0.3}
 REJECTIONS = [
-    (record("r", AP, uri=None), "no logged model (tag isrn.model_uri)"),
+    (record("r", AP, uri=None), f"no logged model (tag {MODEL_URI})"),
     (record("r", AP, uri="runs:/r/model"), "is not an MLflow 3 logged model"),
     (record("r", None), "logged model m-1 was not found"),
     # the run logged val_ap_hard, but the model carries only Easy: the run's number may be another checkpoint's
     (record("r", {"val_ap_easy": 0.5}), "has no val_ap_hard of its own (its metrics: val_ap_easy)"),
     (record("r", {"val_ap_hard": math.nan}), "val_ap_hard = NaN"),
     (record("r", AP, manifest=None), "no val manifest"),
-    (record("r", AP, measured_on={"val_ap_hard": "val-old"}), "measured on val manifest val-old, but the run validated on val-aaaa"),
+    (record("r", AP, measured_on={"val_ap_hard": "val-old"}),
+     "measured on val manifest val-old, but the run validated on val-aaaa"),
 ]
 
 
@@ -83,7 +85,8 @@ def test_rank_takes_the_best_model_and_lists_the_others() -> None:
     assert ranking.best is not None and ranking.best.run_id == "d"
     assert [c.run_id for c in ranking.candidates] == ["a", "c", "d"]
     assert [r for r, _ in ranking.rejected] == ["b"]
-    lower = rank([record("a", {"loss": 0.3}), record("c", {"loss": 0.6})], PromotionRule(metric="loss", higher_is_better=False))
+    lower = rank([record("a", {"loss": 0.3}), record("c", {"loss": 0.6})],
+                 PromotionRule(metric="loss", higher_is_better=False))
     assert lower.best is not None and lower.best.run_id == "a"
     assert rank([record("b", None)], RULE).best is None
 

@@ -8,6 +8,7 @@ champion's AP table; each version's description gives the promotion decision and
 from __future__ import annotations
 
 from jobs.promotion.decision import AP_METRICS, Candidate, Decision, PromotionRule
+from jobs.promotion.lock import lock_name
 
 SETTINGS = ("Easy", "Medium", "Hard")
 
@@ -37,9 +38,11 @@ checkpoint, logged as a PyTorch `pt2` model.
 
 **Input**: float32 tensor `[1, 3, S, S]`, raw RGB values 0..255, S = the version's `export_size`
 (model metadata); other image sizes are letterboxed to S, as `isrn detect` does.
+
 **Output**: float32 tensor `[1, K, 5]`, one row per detection: `x1, y1, x2, y2, score` in input
 pixels, K = the spec's `inference.keep_top_k`; unused rows are zeros.
-Use: `isrn detect photo.jpg --model models:/{name}@champion`, or
+
+**Use**: `isrn detect photo.jpg --model models:/{name}@champion`, or
 `mlflow.pytorch.load_model("models:/{name}@champion")`.
 
 ## How versions are promoted
@@ -47,14 +50,14 @@ Use: `isrn detect photo.jpg --model models:/{name}@champion`, or
 tags). The alias `champion` moves to it only if the model's own `{rule.metric}` (the AP training
 measured on exactly these weights) beats the champion's by at least the margin, on the same val
 manifest; the replaced champion keeps the alias `previous`. A version's description says why it was
-or was not promoted. Promotions are serialised by the registered model `{name}.promotion-lock`.
+or was not promoted. Promotions are serialised by the registered model `{lock_name(name)}`.
 """
     if champion is None:
         return text + "\n## Champion\nNone yet.\n"
     label = f"v{champion.version}" + (f" ({_where(champion)})" if _where(champion) else "")
     text += (f"\n## Champion: version {champion.version}\n\n{ap_table([(label, champion)])}\n\n"
              f"Run `{champion.run_id}`, val manifest `{champion.val_manifest}`.\n")
-    return text + (f"Promoted because: {reason}\n" if reason else "")
+    return text + (f"\nPromoted because: {reason}.\n" if reason else "")
 
 
 def version_description(candidate: Candidate, decision: Decision, champion: Candidate | None,

@@ -195,11 +195,12 @@ def version_of_run(client, name: str, run_id: str) -> str | None:
     return str(max(int(v.version) for v in versions)) if versions else None
 
 
-def lineage_tags(run, candidate: Candidate) -> dict[str, str]:
+def lineage_tags(run, candidate: Candidate, metric: str) -> dict[str, str]:
     """What a model version records: the run's ids and lineage, and its model's own metrics."""
     tags = {T.RUN_ID: run.info.run_id, T.EXPERIMENT_ID: run.info.experiment_id}
     tags.update({key: value for key, value in run.data.tags.items() if key in T.LINEAGE})
-    tags.update({T.metric_tag(key): repr(float(value)) for key, value in candidate.scores.items()})
+    scores = {**candidate.scores, metric: candidate.metric}  # the rule's metric, should it not be an AP
+    tags.update({T.metric_tag(key): repr(float(value)) for key, value in scores.items() if value is not None})
     if candidate.best_epoch is not None:
         tags[T.BEST_EPOCH] = str(candidate.best_epoch)
     if candidate.best_step is not None:
@@ -282,7 +283,8 @@ def _write(client, name: str, run, candidate: Candidate, champion: Candidate | N
                 raise RegistryError(f"create registered model {name!r}", error) from error
         with registry_call(f"register run {candidate.run_id}'s model {candidate.model_uri} as a version of {name!r}"):
             created = client.create_model_version(name, candidate.model_uri, run_id=candidate.run_id,
-                                                  tags={**lineage_tags(run, candidate), T.PROMOTION: decision.reason},
+                                                  tags={**lineage_tags(run, candidate, rule.metric),
+                                                        T.PROMOTION: decision.reason},
                                                   description=note, model_id=logged_model_id(candidate.model_uri))
         candidate = dataclasses.replace(candidate, version=str(created.version))
         done.append(f"registered version {candidate.version}")

@@ -9,7 +9,10 @@ the server's message.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+Found = TypeVar("Found")
 
 DOES_NOT_EXIST = "RESOURCE_DOES_NOT_EXIST"
 ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
@@ -46,4 +49,16 @@ def registry_call(doing: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as error:
+        raise RegistryError(doing, error) from error
+
+
+def get_or_none(get: Callable[[], Found], doing: str) -> Found | None:
+    """`get()`, or None when the server says the resource does not exist; any other error raises."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return get()
+    except MlflowException as error:
+        if is_missing(error):
+            return None
         raise RegistryError(doing, error) from error

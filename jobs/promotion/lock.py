@@ -43,6 +43,7 @@ from jobs.promotion.errors import (
     PromotionError,
     RegistryError,
     already_exists,
+    get_or_none,
     is_missing,
 )
 from jobs.tags import LOCK_OWNER
@@ -153,15 +154,8 @@ def server_clock(tracking_uri: str) -> Callable[[], float]:
 # ---------------------------------------------------------------- registry operations
 def read_holder(client, lock: str) -> Holder | None:
     """The lock (or tombstone) as it is now; None when it does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = client.get_registered_model(lock)
-    except MlflowException as error:
-        if is_missing(error):
-            return None
-        raise RegistryError(f"read the promotion lock {lock!r}", error) from error
-    return Holder(lock, model.tags.get(LOCK_OWNER, "unknown"), int(model.creation_timestamp))
+    model = get_or_none(lambda: client.get_registered_model(lock), f"read the promotion lock {lock!r}")
+    return None if model is None else Holder(lock, model.tags.get(LOCK_OWNER, "unknown"), int(model.creation_timestamp))
 
 
 def break_lock(client, holder: Holder) -> bool:

@@ -26,7 +26,7 @@ from jobs.promotion.decision import (
     rank,
     should_promote,
 )
-from jobs.promotion.errors import PromotionError, RegistryError, already_exists, is_missing, registry_call
+from jobs.promotion.errors import PromotionError, RegistryError, already_exists, get_or_none, registry_call
 from jobs.promotion.lock import LockPolicy, check_held, promotion_lock
 from jobs.promotion.notes import model_description, version_description
 
@@ -136,23 +136,13 @@ def experiment_records(client, experiment_id: str, study: str | None) -> list[tu
 
 def run_record(client, run_id: str) -> tuple[Any, ModelRecord]:
     """(run, record) of one run, for `isrn promote --run`."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as error:
-        if is_missing(error):
-            raise PromotionError(f"no run {run_id} on the tracking server") from None
-        raise RegistryError(f"read run {run_id}", error) from error
+    run = get_or_none(lambda: client.get_run(run_id), f"read run {run_id}")
+    if run is None:
+        raise PromotionError(f"no run {run_id} on the tracking server")
     record = _model_record(run, None)
     if record.model_id is None:
         return run, record
-    try:
-        model = client.get_logged_model(record.model_id)
-    except MlflowException as error:
-        if not is_missing(error):
-            raise RegistryError(f"read logged model {record.model_id}", error) from error
-        model = None
+    model = get_or_none(lambda: client.get_logged_model(record.model_id), f"read logged model {record.model_id}")
     return run, _model_record(run, model)
 
 
@@ -173,15 +163,8 @@ def version_candidate(version, metric: str) -> Candidate:
 
 def current_champion(client, name: str, metric: str) -> Candidate | None:
     """The version behind `name@champion` (None: no such registered model, or no champion alias)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as error:
-        if is_missing(error):
-            return None
-        raise RegistryError(f"read registered model {name!r}", error) from error
-    version = (model.aliases or {}).get(CHAMPION)
+    model = get_or_none(lambda: client.get_registered_model(name), f"read registered model {name!r}")
+    version = (model.aliases or {}).get(CHAMPION) if model else None
     if version is None:
         return None
     with registry_call(f"read {name!r} version {version} (alias {CHAMPION})"):

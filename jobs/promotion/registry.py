@@ -127,11 +127,8 @@ def experiment_records(client, experiment_id: str, study: str | None) -> list[tu
         runs = [r for r in _every(client.search_runs, [experiment_id], query, max_results=1000)
                 if r.data.tags.get(T.TUNE_ROLE) != "study"]
         models = {m.model_id: m for m in _every(client.search_logged_models, [experiment_id], max_results=100)}
-    pairs = []
-    for run in runs:
-        record = _model_record(run, None)
-        pairs.append((run, _model_record(run, models.get(record.model_id)) if record.model_id else record))
-    return pairs
+    return [(run, _model_record(run, models.get(logged_model_id(run.data.tags.get(T.MODEL_URI)))))
+            for run in runs]
 
 
 def run_record(client, run_id: str) -> tuple[Any, ModelRecord]:
@@ -139,10 +136,8 @@ def run_record(client, run_id: str) -> tuple[Any, ModelRecord]:
     run = get_or_none(lambda: client.get_run(run_id), f"read run {run_id}")
     if run is None:
         raise PromotionError(f"no run {run_id} on the tracking server")
-    record = _model_record(run, None)
-    if record.model_id is None:
-        return run, record
-    model = get_or_none(lambda: client.get_logged_model(record.model_id), f"read logged model {record.model_id}")
+    model_id = logged_model_id(run.data.tags.get(T.MODEL_URI))
+    model = get_or_none(lambda: client.get_logged_model(model_id), f"read logged model {model_id}") if model_id else None
     return run, _model_record(run, model)
 
 

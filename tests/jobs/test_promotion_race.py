@@ -183,9 +183,9 @@ def test_eight_promotions_race_on_sqlite(mlflow_env, new_experiment, training_ru
 
 
 def test_eight_promotions_race_on_postgresql(postgres_mlflow, new_experiment, training_run, monkeypatch) -> None:
-    import mlflow
     from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_mlflow)
-    mlflow.set_tracking_uri(postgres_mlflow)
-    _race(postgres_mlflow, MlflowClient(postgres_mlflow), new_experiment, training_run, "PostgreSQL")
+    with _use_tracking_uri(postgres_mlflow):  # later tests get the session's server back
+        _race(postgres_mlflow, MlflowClient(postgres_mlflow), new_experiment, training_run, "PostgreSQL")

@@ -16,9 +16,11 @@ import json
 
 import click
 
+from jobs.promotion.lock import LockPolicy
 from jobs.spec import SpecError, TrackingSpec, load_spec
 
 DEFAULT_MODEL = TrackingSpec.model_fields["registered_model"].default
+DEFAULT_LOCK = LockPolicy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +81,9 @@ def resolve_target(tracking_uri: str, spec_name: str | None, experiment: str | N
 @click.option("--dry-run", is_flag=True, help="Print the decision, its reason and the runs that are not candidates; "
                                               "register and move nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
-@click.option("--lock-stale-s", default=180.0, show_default=True, type=float,
+@click.option("--lock-stale-s", default=DEFAULT_LOCK.stale_s, show_default=True, type=float,
               help="Break a promotion lock older than this (server clock): its holder crashed.")
-@click.option("--lock-wait-s", default=240.0, show_default=True, type=float,
+@click.option("--lock-wait-s", default=DEFAULT_LOCK.wait_s, show_default=True, type=float,
               help="Wait this long for another promotion's lock; must exceed --lock-stale-s.")
 @click.option("--break-lock", is_flag=True, help="Remove the registered model's promotion lock (a crashed "
                                                  "promotion's) whatever its age, and exit.")
@@ -94,7 +96,7 @@ def promote(spec_name: str | None, experiment: str | None, study: str | None, ru
     without it, the experiment of the most recently finished training run is used.
     """
     from jobs.environment import JobEnvironment
-    from jobs.promotion import LockPolicy, PromotionError, PromotionRule, describe
+    from jobs.promotion import PromotionError, PromotionRule, describe
     from jobs.promotion import promote as run_promotion
 
     try:

@@ -269,14 +269,15 @@ def test_a_crashed_holders_lock_is_broken_after_the_stale_age(mlflow_env, new_ex
     experiment, model = new_experiment(client), _model()
     run_id = training_run(client, experiment, 0.3)
     # What a promotion killed while holding the lock leaves behind.
+    created = time.monotonic()
     client.create_registered_model(lock_name(model), tags={T.LOCK_OWNER: "crashed-host:4242:deadbeef"})
 
-    started = time.monotonic()
     result = promote(uri, experiment=experiment, name=model, run_id=run_id,
                      lock=LockPolicy(stale_s=2.0, wait_s=30.0, poll_s=0.2))
-    waited = time.monotonic() - started
+    since_crash = time.monotonic() - created
     assert result.decision.promote and result.locks_broken == 1
-    assert 1.0 <= result.lock_wait_s <= waited < 30.0  # the server's Date has a resolution of 1 s
+    # broken once 2 s old by the server's clock, whose Date header has a resolution of 1 s
+    assert 1.0 <= since_crash < 30.0 and 0.0 < result.lock_wait_s <= since_crash
     assert not client.search_registered_models(f"name LIKE '{lock_name(model)}%'")  # no lock, no tombstone
     print(f"\ncrashed holder: the next promotion waited {result.lock_wait_s:.1f} s (stale age 2 s)")
 

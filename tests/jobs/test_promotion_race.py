@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def _wait_healthy(uri: str, server: subprocess.Popen, log: Path, timeout_s: floa
 
 
 def _race(uri: str, client, new_experiment, training_run, store: str) -> None:
-    experiment, model = new_experiment(client, "race"), f"race-{store.lower()}-{os.getpid()}-{_free_port()}"
+    experiment, model = new_experiment(client, "race"), f"race-{store.lower()}-{uuid.uuid4().hex[:6]}"
     seed = random.randrange(1 << 16)
     aps = [a / 100 for a in random.Random(seed).sample(range(10, 96), RACERS)]
     first = training_run(client, experiment, 0.05)  # a champion below every racer: `previous` always moves

@@ -19,8 +19,8 @@ gives up after `wait_s` > `stale_s`, so it outlives a crashed holder, with an er
 holder and the command that clears the lock.
 
 What remains: a holder that runs longer than `stale_s` can have its lock broken under it. It checks
-the lock is still its own before it writes (`check_held`), and the default stale age is two
-orders of magnitude above a promotion's few seconds.
+the lock is still its own before it writes (`check_held`), and the default stale age (180 s) is
+far above a promotion's few seconds.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def break_lock(client, holder: Holder) -> bool:
             log.error("could not give back the promotion lock %s: %s", holder.lock, error)
             _delete(client, tombstone, "delete a promotion lock's tombstone")
         return False
-    log.warning("broke the stale promotion lock %s (%s)", holder.lock, holder.describe(time.time() * 1000))
+    log.warning("broke the stale promotion lock %s of owner %s", holder.lock, holder.owner)
     _delete(client, tombstone, "delete the broken lock's tombstone")
     return True
 

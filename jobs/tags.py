@@ -40,6 +40,13 @@ EXPERIMENT_ID = "isrn.experiment_id"
 PROMOTION = "isrn.promotion"
 METRIC_PREFIX = "isrn.metric."
 """`isrn.metric.<name>`: a metric of the version's model, copied onto the version."""
+BEST_EPOCH = "isrn.best_epoch"
+BEST_STEP = "isrn.best_step"
+"""The epoch and step of the checkpoint whose weights the version holds."""
+
+# ---- the promotion lock (a registered model `<name>.promotion-lock`)
+LOCK_OWNER = "isrn.lock.owner"
+"""`host:pid:nonce` of the promotion holding the lock; only it releases the lock."""
 
 # ---- Ray job metadata of `isrn submit`
 COMMAND = "isrn.command"

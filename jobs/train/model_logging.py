@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,30 @@ def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: Job
                                     model_id=info.model_id)
     log.info("logged model %s", info.model_uri)
     return info.model_uri
+
+
+def log_model_metrics(tracking_uri: str, run_id: str, model_uri: str, ap: Mapping[str, float], *, epoch: int,
+                      step: int, val_manifest: str | None) -> None:
+    """Record the AP of the logged model's own weights on the model and on the run (issue #12).
+
+    `ap` maps `easy`/`medium`/`hard` to the AP that evaluating exactly the weights of `model_uri`
+    (`models:/m-…`) gave on the val manifest `val_manifest`, after `epoch` at `step`. The LoggedModel
+    gets metrics `val_ap_*` (step `step`, dataset digest = the val manifest) and params `best_epoch`,
+    `best_step`; the run gets `best_val_ap_*`, `best_epoch`, `best_step`. `isrn promote` compares
+    the model's `val_ap_*`, never the run's last value. (MLflow also adds the model's metrics to the
+    run's `val_ap_*` history at `step`, where the evaluation that measured them already is.)
+    """
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    model_id = model_uri.removeprefix("models:/")
+    now = int(time.time() * 1000)
+    dataset = {"dataset_name": "val", "dataset_digest": val_manifest} if val_manifest else {}
+    on_model = [Metric(f"val_ap_{k}", float(v), now, step, model_id=model_id, **dataset) for k, v in ap.items()]
+    on_run = [Metric(f"best_val_ap_{k}", float(v), now, step) for k, v in ap.items()]
+    on_run += [Metric("best_epoch", float(epoch), now, step), Metric("best_step", float(step), now, step)]
+    client.log_batch(run_id, metrics=on_model + on_run, synchronous=True)
+    client.log_model_params(model_id, {"best_epoch": str(epoch), "best_step": str(step)})

@@ -86,7 +86,7 @@ def test_detect_with_the_champion_finds_the_faces(platform_env, tmp_path: Path) 
 
     from jobs.promotion import promote
     from jobs.train.checkpoints import TrainingState, save_checkpoint
-    from jobs.train.model_logging import log_detector
+    from jobs.train.model_logging import log_detector, log_model_metrics
 
     uri = platform_env.config.mlflow_uri
     mlflow.set_tracking_uri(uri)
@@ -97,8 +97,10 @@ def test_detect_with_the_champion_finds_the_faces(platform_env, tmp_path: Path) 
     run_id = client.create_run(client.create_experiment(experiment),
                                tags={"isrn.val_manifest": "overfit", "isrn.spec_fingerprint": spec.fingerprint()}).info.run_id
     save_checkpoint(tmp_path / "ckpt", model, optimizer, TrainingState(), spec.to_dict())
-    log_detector(uri, run_id, tmp_path / "ckpt", spec)
-    client.log_metric(run_id, "val_ap_hard", 1.0, step=1)
+    model_uri = log_detector(uri, run_id, tmp_path / "ckpt", spec)
+    # promotion compares the logged model's own AP (issue #12)
+    log_model_metrics(uri, run_id, model_uri, {"easy": 1.0, "medium": 1.0, "hard": 1.0}, epoch=1, step=1,
+                      val_manifest="overfit")
     client.set_terminated(run_id, "FINISHED")
     assert promote(uri, experiment=experiment, name="isrn-face", run_id=run_id).decision.promote
 

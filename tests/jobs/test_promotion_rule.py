@@ -1,4 +1,4 @@
-"""`should_promote`: the pure decision, table-driven."""
+"""The pure decision, table-driven: `should_promote`, which runs are candidates (`assess`, `rank`), the UI text."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from jobs.promotion import Candidate, PromotionRule, should_promote
+from jobs.promotion.decision import Candidate, ModelRecord, PromotionRule, assess, rank, should_promote
+from jobs.promotion.notes import model_description, version_description
+from jobs.tags import MODEL_URI
 
 VAL = "val-aaaa"
 RULE = PromotionRule(metric="val_ap_hard", margin=0.01)
@@ -41,3 +43,71 @@ def test_should_promote(candidate, champion, rule, promote, reason) -> None:
     decision = should_promote(candidate, champion, rule)
     assert decision.promote is promote
     assert reason in decision.reason
+
+
+# ---------------------------------------------------------------- which runs are candidates
+def record(run: str, metrics: dict[str, float] | None, *, manifest: str | None = VAL, uri: str | None = "models:/m-1",
+           measured_on: dict[str, str] | None = None, end: int = 0) -> ModelRecord:
+    return ModelRecord(run_id=run, val_manifest=manifest, model_uri=uri, model_metrics=metrics,
+                       metric_manifests=measured_on or {}, end_time=end)
+
+
+AP = {"val_ap_easy": 0.5, "val_ap_medium": 0.4, "val_ap_hard": 0.3}
+REJECTIONS = [
+    (record("r", AP, uri=None), f"no logged model (tag {MODEL_URI})"),
+    (record("r", AP, uri="runs:/r/model"), "is not an MLflow 3 logged model"),
+    (record("r", None), "logged model m-1 was not found"),
+    # the run logged val_ap_hard, but the model carries only Easy: the run's number may be another checkpoint's
+    (record("r", {"val_ap_easy": 0.5}), "has no val_ap_hard of its own (its metrics: val_ap_easy)"),
+    (record("r", {"val_ap_hard": math.nan}), "val_ap_hard = NaN"),
+    (record("r", AP, manifest=None), "no val manifest"),
+    (record("r", AP, measured_on={"val_ap_hard": "val-old"}),
+     "measured on val manifest val-old, but the run validated on val-aaaa"),
+]
+
+
+@pytest.mark.parametrize("rec, reason", REJECTIONS)
+def test_a_run_is_not_a_candidate_without_its_models_own_numbers(rec, reason) -> None:
+    outcome = assess(rec, RULE)
+    assert isinstance(outcome, str) and reason in outcome
+
+
+def test_a_candidate_carries_its_models_scores() -> None:
+    outcome = assess(record("r", AP, measured_on={"val_ap_hard": VAL}), RULE)
+    assert isinstance(outcome, Candidate)
+    assert outcome.metric == 0.3 and outcome.scores == AP and outcome.val_manifest == VAL
+    assert outcome.model_uri == "models:/m-1"
+
+
+def test_rank_takes_the_best_model_and_lists_the_others() -> None:
+    ranking = rank([record("a", {"val_ap_hard": 0.3}), record("b", None), record("c", {"val_ap_hard": 0.6}),
+                    record("d", {"val_ap_hard": 0.6}, end=5)], RULE)  # c and d tie at 0.6: d finished later
+    assert ranking.best is not None and ranking.best.run_id == "d"
+    assert [c.run_id for c in ranking.candidates] == ["a", "c", "d"]
+    assert [r for r, _ in ranking.rejected] == ["b"]
+    lower = rank([record("a", {"loss": 0.3}), record("c", {"loss": 0.6})],
+                 PromotionRule(metric="loss", higher_is_better=False))
+    assert lower.best is not None and lower.best.run_id == "a"
+    assert rank([record("b", None)], RULE).best is None
+
+
+def test_rule_rejects_a_negative_margin() -> None:
+    with pytest.raises(ValueError, match="margin"):
+        PromotionRule(margin=-0.1)
+
+
+# ---------------------------------------------------------------- what the MLflow UI shows
+def test_descriptions_explain_the_model_and_the_decision() -> None:
+    rule = PromotionRule(margin=0.01)
+    champion = Candidate(run_id="old", metric=0.25, val_manifest=VAL, version="1", scores={"val_ap_hard": 0.25})
+    new = Candidate(run_id="new", metric=0.3, val_manifest=VAL, version="2", model_uri="models:/m-9",
+                    scores=AP, best_epoch=6, best_step=150)
+    decision = should_promote(new, champion, rule)
+    text = version_description(new, decision, champion, rule)
+    assert text.startswith("**Promoted to `champion`**: candidate val_ap_hard=0.3000 beats champion v1's 0.2500")
+    assert "| this version (epoch 6, step 150) | 0.5000 | 0.4000 | 0.3000 |" in text
+    assert "| champion v1 at the time | – | – | 0.2500 |" in text  # only Hard was recorded on v1
+    about = model_description("isrn-face", rule, new, decision.reason)
+    assert "[1, 3, S, S]" in about and "x1, y1, x2, y2, score" in about and "`previous`" in about
+    assert "## Champion: version 2" in about and "| v2 (epoch 6, step 150) | 0.5000 | 0.4000 | 0.3000 |" in about
+    assert "None yet" in model_description("isrn-face", rule, None)

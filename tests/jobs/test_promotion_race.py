@@ -1,0 +1,192 @@
+"""8 promotions racing, as 4 threads and 4 `isrn promote` processes, on SQLite and on PostgreSQL.
+
+The lock's atomicity is the tracking database's, so the race runs against the local platform's
+MLflow (SQLite, one worker) and against an MLflow server with 2 workers on a PostgreSQL that this
+test starts itself, as on the cluster (k8s/base/mlflow.yaml). Versions are registered under the
+lock, so their numbers give the order in which the promotions held it: the registry must end as
+that serial order would leave it.
+
+    pytest tests/jobs/test_promotion_race.py -s      # prints the figures (waits, final champion)
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobs import tags as T
+from jobs.promotion import CHAMPION, PREVIOUS, describe, lock_name, promote
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RACERS, THREADS = 8, 4
+# A racing process: import everything, say "ready", wait for "go" on stdin, then run the real CLI.
+PROCESS = ("import sys, jobs.commands.promote as cmd, jobs.promotion.registry; print('ready', flush=True); "
+           "sys.stdin.readline(); cmd.promote.main(args=sys.argv[1:], prog_name='isrn promote')")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _postgres_bin() -> Path:
+    for directory in [os.path.dirname(shutil.which("initdb") or ""),
+                      *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
+        if directory and (Path(directory) / "pg_ctl").is_file():
+            return Path(directory)
+    pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in /usr/lib/postgresql/*/bin: "
+                "install Debian's `postgresql` package (`apt-get install -y postgresql`); CI's .ci/run must too")
+
+
+@pytest.fixture(scope="module")
+def postgres_mlflow() -> Iterator[str]:
+    """The URI of an MLflow server (2 workers) whose backend store is a PostgreSQL started for this module."""
+    bindir = _postgres_bin()
+    try:
+        import psycopg2  # noqa: F401  - the MLflow server's PostgreSQL driver
+    except ImportError:
+        pytest.fail("psycopg2 is missing: `pip install -e '.[test]'` installs psycopg2-binary")
+    root = Path(tempfile.mkdtemp(prefix="isrn-pg-"))  # under /tmp: reachable by the server's own user
+    user = "nobody" if os.geteuid() == 0 else None  # initdb and postgres refuse to run as root
+    if user:
+        shutil.chown(root, user)
+    as_user = {"user": user} if user else {}
+    subprocess.run([bindir / "initdb", "-D", root / "data", "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                    "--no-sync"], check=True, capture_output=True, **as_user)
+    pg_port, port = _free_port(), _free_port()
+    subprocess.run([bindir / "pg_ctl", "-D", root / "data", "-l", root / "postgres.log", "-w", "start", "-o",
+                    f"-p {pg_port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"],
+                   check=True, capture_output=True, **as_user)
+    log = open(root / "mlflow.log", "wb")
+    server = subprocess.Popen(
+        [Path(sys.executable).parent / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/postgres",
+         "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"), "--workers", "2"],
+        stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(uri, server, root / "mlflow.log")
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+        subprocess.run([bindir / "pg_ctl", "-D", root / "data", "-m", "fast", "stop"], capture_output=True, **as_user)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_healthy(uri: str, server: subprocess.Popen, log: Path, timeout_s: float = 240.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s  # the first start migrates the schema: a minute on 2 cores
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"MLflow on PostgreSQL exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{uri}/health", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    pytest.fail(f"MLflow on PostgreSQL did not answer within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _race(uri: str, client, new_experiment, training_run, store: str) -> None:
+    experiment, model = new_experiment(client, "race"), f"race-{store.lower()}-{uuid.uuid4().hex[:6]}"
+    seed = random.randrange(1 << 16)
+    aps = [a / 100 for a in random.Random(seed).sample(range(10, 96), RACERS)]
+    first = training_run(client, experiment, 0.05)  # a champion below every racer: `previous` always moves
+    assert promote(uri, experiment=experiment, name=model, run_id=first).decision.promote
+    runs = {training_run(client, experiment, ap): ap for ap in aps}
+    ap_of = {first: 0.05, **runs}
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    processes = [subprocess.Popen([sys.executable, "-c", PROCESS, "--run", run_id, "--model-name", model, "--json"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                  text=True)
+                 for run_id in list(runs)[THREADS:]]
+    for process in processes:  # every process has imported MLflow before anyone starts
+        assert process.stdout.readline().strip() == "ready", process.stderr.read()
+    start, outcomes, errors = threading.Barrier(THREADS + 1), [], []
+
+    def thread_racer(run_id: str) -> None:
+        start.wait()
+        try:
+            outcomes.append(describe(promote(uri, experiment=experiment, name=model, run_id=run_id)))
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=thread_racer, args=(r,)) for r in list(runs)[:THREADS]]
+    for thread in threads:
+        thread.start()
+    began = time.monotonic()
+    for process in processes:
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    start.wait()
+    for thread in threads:
+        thread.join(timeout=300)
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+        outcomes.append(json.loads(out.strip().splitlines()[-1]))
+    seconds = time.monotonic() - began
+    assert not errors, errors
+    assert len(outcomes) == RACERS
+
+    # Every run registered exactly once; version order = the order the promotions held the lock.
+    versions = {int(v.version): v.tags[T.RUN_ID] for v in client.search_model_versions(f"name = '{model}'")}
+    assert sorted(versions.values()) == sorted(ap_of) and sorted(versions) == list(range(1, RACERS + 2))
+    by_version = {int(o["version"]): o for o in outcomes}
+    champion, previous = 1, None
+    for version in range(2, RACERS + 2):  # the serial promotion in that order
+        wins = ap_of[versions[version]] > ap_of[versions[champion]]
+        assert by_version[version]["promote"] is wins, by_version[version]
+        assert by_version[version]["champion_before"] == str(champion)
+        if wins:
+            champion, previous = version, champion
+    aliases = client.get_registered_model(model).aliases
+    assert versions[int(aliases[CHAMPION])] == max(runs, key=runs.get)  # the best candidate
+    assert (int(aliases[CHAMPION]), int(aliases[PREVIOUS])) == (champion, previous)
+    assert not client.search_registered_models(f"name LIKE '{lock_name(model)}%'")  # no lock, no tombstone
+
+    waits = sorted(o["lock_wait_s"] for o in outcomes)
+    print(f"\n[{store}] {RACERS} promotions ({THREADS} threads, {RACERS - THREADS} processes; APs seed {seed}) in "
+          f"{seconds:.1f} s; lock waits min/median/max "
+          f"{waits[0]:.2f}/{statistics.median(waits):.2f}/{waits[-1]:.2f} s; "
+          f"{sum(o['promote'] for o in outcomes)} moved champion; final champion v{champion} "
+          f"val_ap_hard={ap_of[versions[champion]]:.2f} (best of {sorted(aps)}), previous v{previous} "
+          f"val_ap_hard={ap_of[versions[previous]]:.2f}")
+
+
+def test_eight_promotions_race_on_sqlite(mlflow_env, new_experiment, training_run) -> None:
+    uri, client = mlflow_env
+    _race(uri, client, new_experiment, training_run, "SQLite")
+
+
+def test_eight_promotions_race_on_postgresql(postgres_mlflow, new_experiment, training_run, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_mlflow)
+    with _use_tracking_uri(postgres_mlflow):  # later tests get the session's server back
+        _race(postgres_mlflow, MlflowClient(postgres_mlflow), new_experiment, training_run, "PostgreSQL")

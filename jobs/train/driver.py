@@ -13,10 +13,10 @@ import dataclasses
 import logging
 import math
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from jobs import tags
 from jobs.environment import JobEnvironment
 from jobs.preparation import PreparedJob, new_run_name, prepare_job, storage_for
 from jobs.spec import JobSpec
@@ -99,10 +99,8 @@ def run_training(spec: JobSpec, *, resume: str | None = None, env: JobEnvironmen
             result = build_trainer(job, run_name, run_id, progress=queue).fit()
         best = best_evaluated(result.best_checkpoints or [])
         model_uri = None
-        if best is not None:
-            log_best_metrics(env.mlflow_uri, run_id, best[1])
-            if spec.tracking.log_model:
-                model_uri = log_best_model(env.mlflow_uri, run_id, best[0], spec, best[1])
+        if best is not None and spec.tracking.log_model:
+            model_uri = log_best_model(env.mlflow_uri, run_id, best[0], spec, best[1], job.lineage[tags.VAL_MANIFEST])
         prune_unregistered_checkpoints(spec, env, run_name, result)
     except BaseException:
         finish_run(env.mlflow_uri, run_id, "FAILED")
@@ -131,31 +129,16 @@ def prune_unregistered_checkpoints(spec: JobSpec, env: JobEnvironment, run_name:
         log.info("pruned checkpoint %s (not kept by Ray)", path)
 
 
-BEST_KEYS = ("val_ap_easy", "val_ap_medium", "val_ap_hard")
-
-
-def best_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """What the best checkpoint measured: its AP per setting, its epoch and step."""
-    return {**{key: float(report[key]) for key in BEST_KEYS if key in report},
-            "epoch": float(report["epoch"]), "step": float(report["step"])}
-
-
-def log_best_metrics(tracking_uri: str, run_id: str, report: dict[str, Any]) -> None:
-    """The run's `best_val_ap_*`, `best_epoch`, `best_step`: the numbers of the checkpoint logged as its model."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"best_{key}", value, now, int(report["step"])) for key, value in best_metrics(report).items()]
-    MlflowClient(tracking_uri).log_batch(run_id, metrics=metrics)
-
-
-def log_best_model(tracking_uri: str, run_id: str, checkpoint, spec: JobSpec, report: dict[str, Any]) -> str:
-    """Log the best evaluated checkpoint's model to the run as an MLflow PyTorch model, ready to
-    register, with that checkpoint's AP, epoch and step as the model's own metrics."""
-    from jobs.train.model_logging import log_detector
+def log_best_model(tracking_uri: str, run_id: str, checkpoint, spec: JobSpec, report: dict[str, Any],
+                   val_manifest: str) -> str:
+    """Log the best evaluated checkpoint's model to the run, ready to register, with that checkpoint's
+    AP (from its report), epoch and step as the model's own numbers and the run's `best_*`."""
+    from jobs.train.model_logging import log_detector, log_model_metrics
 
     with tempfile.TemporaryDirectory(prefix="isrn-best-") as directory:
         local = Path(checkpoint.to_directory(directory))
-        return log_detector(tracking_uri, run_id, local, spec, checkpoint_uri=checkpoint.path,
-                            metrics=best_metrics(report))
+        model_uri = log_detector(tracking_uri, run_id, local, spec, checkpoint_uri=checkpoint.path)
+    ap = {key.removeprefix("val_ap_"): float(report[key]) for key in ("val_ap_easy", "val_ap_medium", "val_ap_hard")}
+    log_model_metrics(tracking_uri, run_id, model_uri, ap, epoch=int(report["epoch"]), step=int(report["step"]),
+                      val_manifest=val_manifest)
+    return model_uri

@@ -31,14 +31,11 @@ def detector_from_checkpoint(checkpoint_dir: Path, spec: JobSpec | None = None):
 
 
 def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: JobSpec, *,
-                 checkpoint_uri: str | None = None, metrics: dict[str, float] | None = None) -> str:
+                 checkpoint_uri: str | None = None) -> str:
     """Log the checkpoint's model into `run_id`; returns the model URI (`models:/m-…`).
 
     The logged model takes float32 [1, 3, S, S] raw RGB 0..255 (S = tracking.export_size) and
-    returns float32 [1, keep_top_k, 5] rows (x1, y1, x2, y2, score), zero rows unused. `metrics`
-    (the checkpoint's `val_ap_*`, `epoch`, `step`): its APs become the LoggedModel's own metrics,
-    linked to it in the MLflow UI (MLflow also adds them to the run's history, at the same step and
-    value), its epoch and step the model's params `best_epoch`, `best_step`; promotion compares those.
+    returns float32 [1, keep_top_k, 5] rows (x1, y1, x2, y2, score), zero rows unused.
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -62,12 +59,6 @@ def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: Job
             params={"checkpoint": checkpoint_uri or str(checkpoint_dir)},
         )
         mlflow.set_tags({tags.MODEL_URI: info.model_uri, tags.BEST_CHECKPOINT: checkpoint_uri or ""})
-        if metrics:
-            step = int(metrics.get("step", 0))
-            mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith("val_ap_")}, step=step,
-                               model_id=info.model_id)
-            mlflow.log_model_params({"best_epoch": str(int(metrics["epoch"])), "best_step": str(step)},
-                                    model_id=info.model_id)
     log.info("logged model %s", info.model_uri)
     return info.model_uri
 

@@ -25,7 +25,7 @@ from jobs.cluster import Bundle, autoscaler_node_types, cluster_nodes, max_capac
 from jobs.environment import JobEnvironment
 from jobs.preparation import PreparedJob, new_run_name, prepare_job, storage_for
 from jobs.spec import JobSpec, SpecError
-from jobs.train.driver import log_best_metrics, log_best_model, prune_unregistered_checkpoints
+from jobs.train.driver import log_best_model, prune_unregistered_checkpoints
 from jobs.train.worker import CHECKPOINT_SCORE
 from jobs.train.tracking import finish_run, run_url, start_or_resume_run
 from jobs.tune.config import TuneSpec
@@ -244,6 +244,6 @@ def _log_best_trial_model(results, spec: JobSpec, env: JobEnvironment, study: st
     row = scored.sort_values([CHECKPOINT_SCORE, "step"], kind="stable").iloc[-1].to_dict()  # ties: the later
     trial_spec = apply_trial_config(spec, best.config)
     checkpoint = Checkpoint(path=row["checkpoint_path"], filesystem=filesystem)
-    log_best_metrics(env.mlflow_uri, run.info.run_id, row)
-    model_uri = log_best_model(env.mlflow_uri, run.info.run_id, checkpoint, trial_spec, row)
+    model_uri = log_best_model(env.mlflow_uri, run.info.run_id, checkpoint, trial_spec, row,
+                               run.data.tags[tags.VAL_MANIFEST])
     return run.info.run_id, model_uri

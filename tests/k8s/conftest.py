@@ -118,6 +118,6 @@ def job_clusters(objects: list[dict], platform_objects: list[dict]) -> list[tupl
             pairs.append((job, job["spec"]["rayClusterSpec"]))
         else:
             name = job["spec"]["clusterSelector"]["ray.io/cluster"]
-            assert name in clusters, f"RayJob {job['metadata']['name']} selects RayCluster {name}, which is not deployed"
+            assert name in clusters, f"RayJob {job['metadata']['name']} selects RayCluster {name}, not deployed"
             pairs.append((job, clusters[name]))
     return pairs

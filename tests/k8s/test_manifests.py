@@ -62,7 +62,8 @@ def test_pod_templates_of_custom_resources_match_the_kubernetes_schemas(objects:
     for obj in (o for o in objects if o["apiVersion"].startswith("ray.io/")):
         templates = list(pod_templates(obj))
         # A RayJob that runs on an existing RayCluster (clusterSelector) has no pod of its own.
-        assert templates or "clusterSelector" in obj["spec"], f"{obj['kind']}/{obj['metadata']['name']}: no pod template"
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert templates or "clusterSelector" in obj["spec"], f"{where}: no pod template"
         for path, template in templates:
             name = f"{obj['metadata']['name']}{path.replace('/', '-')}".lower()[:63].strip("-")
             _validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template})
@@ -293,17 +294,14 @@ def test_s3_access_can_come_from_an_iam_role(overlay: str, objects: list[dict], 
     service account (IRSA) can replace it; prod gives both service accounts one (issue #17, item 5)."""
     accounts = {o["metadata"]["name"]: o for o in platform_objects if o["kind"] == "ServiceAccount"}
     for where, spec, container in containers_of(objects):
-        static = [s["secretRef"] for s in container.get("envFrom", []) if s.get("secretRef", {}).get("name") == "isrn-s3"]
+        refs = [s["secretRef"] for s in container.get("envFrom", []) if "secretRef" in s]
+        static = [ref for ref in refs if ref["name"] == "isrn-s3"]
         if not static or where.startswith("StatefulSet/isrn-s3"):  # the local S3 itself needs its keys
             continue
         assert static[0].get("optional") is True, f"{where}: isrn-s3 is mandatory"
         account = accounts[spec["serviceAccountName"]]
-        if platform_overlay_is_prod(overlay):
+        if overlay.startswith("prod"):
             role = account["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn", "")
-            assert role.startswith("arn:aws:iam::"), f"{where}: service account {spec['serviceAccountName']} has no role"
+            assert role.startswith("arn:aws:iam::"), f"{where}: {spec['serviceAccountName']} has no IAM role"
     has_static = any(o["kind"] == "Secret" and o["metadata"]["name"] == "isrn-s3" for o in platform_objects)
-    assert has_static is not platform_overlay_is_prod(overlay), "prod uses IAM roles, local the SeaweedFS keys"
-
-
-def platform_overlay_is_prod(overlay: str) -> bool:
-    return overlay.split("/")[0] == "prod"
+    assert has_static is not overlay.startswith("prod"), "prod uses IAM roles, local the SeaweedFS keys"

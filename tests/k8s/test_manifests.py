@@ -182,6 +182,7 @@ def test_mlflow_database_follows_the_release_and_the_secret(overlay: str, object
     (server,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "isrn-mlflow"]
     init = {c["name"]: " ".join(c["command"]) for c in server["spec"]["template"]["spec"]["initContainers"]}
     assert "mlflow db upgrade" in init["db-upgrade"] and "mlflow.server.auth db upgrade" in init["db-upgrade"]
+    assert server["spec"]["strategy"]["type"] == "Recreate", "an old server would run on the migrated schema"
     (db,) = [o for o in objects if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "isrn-postgres"]
     postgres = db["spec"]["template"]["spec"]["containers"][0]
     assert "-h 127.0.0.1" in " ".join(postgres["readinessProbe"]["exec"]["command"])

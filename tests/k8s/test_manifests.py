@@ -166,7 +166,8 @@ def test_mlflow_server_serves_s3_artifacts_from_a_postgres_store(overlay: str, o
     assert "--artifacts-destination=s3://$(ISRN_MLFLOW_BUCKET)/mlflow" in args
     assert any(a.startswith("--allowed-hosts=") and "localhost:5000" in a for a in args)
     env = {e["name"]: e for e in container["env"]}
-    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql://")
+    # The driver is named: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, not in the image.
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql+psycopg2://")
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "isrn-mlflow-db"
     (service,) = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "isrn-mlflow"]
     assert service["spec"]["ports"][0]["port"] == 5000

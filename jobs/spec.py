@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,6 +211,35 @@ def resolve_spec_path(spec: str | Path) -> Path:
     raise SpecError(f"spec {spec!r} not found: give a YAML path or one of: {known}")
 
 
+_ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def expand_env(node: Any, source: str, field: str = "") -> Any:
+    """The raw spec tree with `${VAR}` and `${VAR:-default}` in its strings taken from the environment.
+
+    Storage URLs name their bucket this way (`s3://${ISRN_SHARDS_BUCKET:-isrn-shards}/smoke`): the
+    cluster's ConfigMap or `isrn platform env` sets the variable, the default is the local platform's
+    bucket. As in the shell, the default applies when VAR is unset or empty; a `${VAR}` without one
+    must be set and non-empty. Only the braced forms are read: any other `$` is left as written.
+    """
+    if isinstance(node, dict):
+        return {key: expand_env(value, source, f"{field}.{key}" if field else str(key)) for key, value in node.items()}
+    if isinstance(node, list):
+        return [expand_env(value, source, f"{field}.{i}") for i, value in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def value(match: re.Match[str]) -> str:
+        name, default = match["name"], match["default"]
+        if os.environ.get(name):
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise SpecError(f"{source}: {field}: ${{{name}}} is not set: export {name}, or write ${{{name}:-DEFAULT}}")
+
+    return _ENV_REFERENCE.sub(value, node)
+
+
 def load_spec(spec: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
     """Load, override and validate a job spec; errors name the file and the dotted field."""
     if isinstance(spec, dict):
@@ -224,6 +255,7 @@ def load_spec(spec: str | Path | dict[str, Any], overrides: list[str] | tuple[st
         raise SpecError(f"{source}: expected a mapping at the top level")
     for text in overrides:
         _set_dotted(raw, *parse_override(text))
+    raw = expand_env(raw, source)
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as error:

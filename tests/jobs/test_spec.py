@@ -67,3 +67,56 @@ def test_the_job_spec_imports_neither_torch_nor_opencv_nor_webdataset():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# ---- ${VAR} in spec strings (k8s: the buckets of the isrn-platform ConfigMap, issue #17) ----------
+
+BUCKET_VARS = ("ISRN_SHARDS_BUCKET", "ISRN_CHECKPOINTS_BUCKET")
+
+
+@pytest.fixture
+def no_bucket_env(monkeypatch):
+    for name in BUCKET_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_buckets_default_to_the_local_platforms(no_bucket_env):
+    spec = load_spec("smoke")
+    assert (spec.data.shards, spec.checkpoint.storage) == ("s3://isrn-shards/smoke", "s3://isrn-checkpoints/runs")
+
+
+def test_buckets_come_from_the_environment_and_show_resolved(no_bucket_env, monkeypatch):
+    monkeypatch.setenv("ISRN_SHARDS_BUCKET", "acme-shards")
+    monkeypatch.setenv("ISRN_CHECKPOINTS_BUCKET", "")  # empty counts as unset, as `${VAR:-default}` in a shell
+    spec = load_spec("widerface-r50")
+    assert spec.data.shards == "s3://acme-shards/widerface"
+    assert spec.checkpoint.storage == "s3://isrn-checkpoints/runs"
+    # What MLflow logs: the resolved spec file and the flattened params.
+    assert "shards: s3://acme-shards/widerface" in spec.to_yaml() and "${" not in spec.to_yaml()
+    assert spec.flat_params()["data.shards"] == "s3://acme-shards/widerface"
+    # A resolved spec loads back to itself (Tune trials reload `spec.to_dict()`).
+    assert load_spec(spec.to_dict()).fingerprint() == spec.fingerprint()
+
+
+def test_every_shipped_s3_url_takes_its_bucket_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ISRN_SHARDS_BUCKET", "b-shards")
+    monkeypatch.setenv("ISRN_CHECKPOINTS_BUCKET", "b-checkpoints")
+    for path in sorted(SPECS_DIR.glob("*.yaml")):
+        spec = load_spec(path)
+        assert spec.data.shards.startswith("s3://b-shards/"), path.name
+        assert spec.checkpoint.storage.startswith("s3://b-checkpoints/"), path.name
+
+
+def test_an_unset_variable_without_default_names_the_field_and_the_variable(monkeypatch):
+    monkeypatch.delenv("ISRN_NO_SUCH_BUCKET", raising=False)
+    with pytest.raises(SpecError, match=r"smoke\.yaml: data\.shards: \$\{ISRN_NO_SUCH_BUCKET\} is not set"):
+        load_spec("smoke", ["data.shards=s3://${ISRN_NO_SUCH_BUCKET}/smoke"])
+    monkeypatch.setenv("ISRN_NO_SUCH_BUCKET", "")
+    with pytest.raises(SpecError, match=r"ISRN_NO_SUCH_BUCKET"):
+        load_spec("smoke", ["data.shards=s3://${ISRN_NO_SUCH_BUCKET}/smoke"])
+
+
+def test_only_braced_references_are_expanded(monkeypatch):
+    monkeypatch.setenv("HOME_BUCKET", "h")
+    spec = load_spec("smoke", ["data.shards=s3://${HOME_BUCKET}/$HOME/${HOME_BUCKET:-x}-$"])
+    assert spec.data.shards == "s3://h/$HOME/h-$"

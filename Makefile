@@ -36,7 +36,7 @@ platform-down:
 demo: platform-up
 	$(ISRN) train demo
 	$(ISRN) tune tune-smoke
-	$(ISRN) promote
+	$(ISRN) promote demo
 	$(ISRN) detect $$(ls data/demo/WIDER_val/images/*/*.jpg | head -n 3) --out demo-detections
 	@echo
 	@echo "Detections:    demo-detections/ (JSON boxes and annotated images)"

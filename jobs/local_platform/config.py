@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from jobs.sections import Section, describe_errors
 
@@ -36,7 +36,7 @@ class S3Config(Section):
     access_key: str = "isrn-local"
     """Development credentials of the local store. SeaweedFS enforces them: without credentials
     pyarrow's multipart uploads fail silently and Ray loses checkpoints."""
-    secret_key: str = "isrn-local-secret"
+    secret_key: str = Field(default="isrn-local-secret", repr=False)
     region: str = "us-east-1"
     bucket_shards: str = "isrn-shards"
     bucket_checkpoints: str = "isrn-checkpoints"

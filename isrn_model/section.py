@@ -45,10 +45,10 @@ class ConfigError(ValueError):
 
 
 def describe_errors(owner: str, error: ValidationError) -> str:
-    """``Owner.field: problem`` for each error of a pydantic validation, joined by "; "."""
+    """``Owner.field: problem`` for each error of a pydantic validation, joined by "; " (no owner: ``field``)."""
     problems = []
     for item in error.errors():
-        where = ".".join(str(p) for p in (owner, *item["loc"]))
+        where = ".".join(str(p) for p in ((owner, *item["loc"]) if owner else item["loc"])) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] in {"unexpected_keyword_argument", "extra_forbidden"}:
             message = "unknown key"

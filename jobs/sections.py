@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from isrn_model.section import describe_errors as _describe_errors
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
@@ -22,11 +24,4 @@ class Section(BaseModel):
 
 def describe_errors(error: ValidationError) -> str:
     """`a.b: message; c: unknown key`: every problem of a validation error, by dotted field path."""
-    problems = []
-    for e in error.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        message = e["msg"].removeprefix("Value error, ")
-        if e["type"] in {"extra_forbidden", "unexpected_keyword_argument"}:
-            message = "unknown key"
-        problems.append(f"{where}: {message}")
-    return "; ".join(problems)
+    return _describe_errors("", error) or "(top level): invalid"

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from data_shards.config import LoaderConfig, SynthConfig
 from isrn_model.config import InferenceConfig, LossConfig, ModelConfig
+from jobs.sections import Section, describe_errors
 from jobs.tune.config import TuneSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,39 +32,49 @@ class SpecError(ValueError):
     """A job spec that cannot run: the message names the file and the field."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SynthData(_Section):
+class SynthData(Section):
     """A generated WIDER-format data set built (with its shards) when the manifests are missing."""
 
-    root: Path = Field(description="Where the WIDER-format folders are generated (relative: to the repo).")
+    root: Path
+    """Where the WIDER-format folders are generated (relative: to the folder the command runs in)."""
     train_images: int = Field(gt=0)
+    """Images generated for the train split."""
     val_images: int = Field(gt=0)
+    """Images generated for the val split (with the official ground-truth .mat files)."""
     seed: int = 0
+    """Seed of the generator: the same seed gives byte-identical files."""
     shard_size_mb: float = Field(default=8.0, gt=0)
+    """Target size of one WebDataset tar shard."""
     generator: SynthConfig = SynthConfig()
+    """How the images are composed (data_shards/config.py)."""
 
 
-class DataSpec(_Section):
-    shards: str = Field(description="Shard root URL holding `train/` and `val/` manifests (s3://bucket/prefix or a path).")
-    synth: SynthData | None = Field(default=None, description="Generate the data set and shards when missing.")
+class DataSpec(Section):
+    shards: str
+    """Shard root URL holding `train/` and `val/` manifests (s3://bucket/prefix or a path)."""
+    synth: SynthData | None = None
+    """Generate the data set and shards when they are missing (None: they must exist)."""
 
 
-class OptimSpec(_Section):
+class OptimSpec(Section):
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(default=0.01, gt=0, description="Peak learning rate for the whole global batch.")
+    """The optimiser: SGD with momentum (the paper's) or AdamW."""
+    lr: float = Field(default=0.01, gt=0)
+    """Peak learning rate for the whole global batch."""
     momentum: float = Field(default=0.9, ge=0, lt=1)
+    """SGD momentum [paper: 0.9]."""
     weight_decay: float = Field(default=1e-4, ge=0)
-    warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up from warmup_factor × lr.")
+    """L2 weight decay of conv and linear weights (norm weights and biases get none) [paper: 1e-4]."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """Linear warm-up from warmup_factor × lr over this many steps."""
     warmup_factor: float = Field(default=0.001, gt=0, le=1)
+    """The warm-up's starting fraction of lr."""
     schedule: Literal["step", "cosine", "constant"] = "step"
-    milestones: tuple[float, ...] = Field(
-        default=(100 / 130, 120 / 130),
-        description="Step decay points as fractions of training (SRN: 100 and 120 of 130 epochs).",
-    )
+    """After warm-up: step decay at the milestones, cosine to 0, or constant."""
+    milestones: tuple[float, ...] = (100 / 130, 120 / 130)
+    """Step decay points as fractions of training (SRN: 100 and 120 of 130 epochs)."""
     gamma: float = Field(default=0.1, gt=0, le=1)
+    """Factor applied to lr at each milestone."""
 
     @field_validator("milestones")
     @classmethod
@@ -73,68 +84,93 @@ class OptimSpec(_Section):
         return value
 
 
-class TrainSpec(_Section):
+class TrainSpec(Section):
     epochs: int = Field(default=1, gt=0)
+    """Passes over the training split."""
     grad_clip_norm: float | None = Field(default=10.0, gt=0)
+    """Clip the gradients' global L2 norm to this (None: no clipping) [ours]."""
     grad_accum_steps: int = Field(default=1, gt=0)
-    amp: bool = Field(default=True, description="bf16/fp16 autocast on GPU; ignored on CPU.")
+    """Micro-batches per optimiser step (DDP all-reduces on the last one only)."""
+    amp: bool = True
+    """bf16 autocast on GPU; ignored on CPU."""
     seed: int = 0
+    """Seed of the weights' initialisation and each rank's randomness (plus the rank)."""
     log_every_steps: int = Field(default=10, gt=0)
-    torch_threads: int | None = Field(default=None, gt=0, description="torch.set_num_threads per worker.")
+    """Log step metrics (losses, lr, images/s, data and compute time) every this many steps."""
+    torch_threads: int | None = Field(default=None, gt=0)
+    """torch.set_num_threads per worker (None: PyTorch's default)."""
 
 
-class EvalSpec(_Section):
+class EvalSpec(Section):
     every_epochs: int = Field(default=1, gt=0)
-    image_grid: int = Field(default=8, ge=0, description="Val images drawn in the per-epoch grid artifact.")
+    """Run the official WIDER FACE evaluation every this many epochs, and after the last."""
+    image_grid: int = Field(default=8, ge=0)
+    """Val images drawn (true boxes green, detections red) in the per-evaluation grid artifact."""
 
 
-class CheckpointSpec(_Section):
-    storage: str = Field(description="Ray storage root: s3://bucket/prefix or a local path.")
+class CheckpointSpec(Section):
+    storage: str
+    """Ray storage root: s3://bucket/prefix (a cluster) or a local path (one machine only)."""
     every_steps: int | None = Field(default=None, gt=0)
-    keep: int = Field(default=2, gt=0, description="Best checkpoints kept by val AP Hard (+ the latest).")
+    """A checkpoint every this many steps besides each epoch end (None: epoch ends only)."""
+    keep: int = Field(default=2, gt=0)
+    """Best evaluated checkpoints kept by their own AP Hard (the latest is kept too, to resume)."""
 
 
-class TrackingSpec(_Section):
+class TrackingSpec(Section):
     experiment: str
+    """MLflow experiment of the job's runs."""
     log_model: bool = True
-    export_size: int = Field(
-        default=640, ge=128, multiple_of=128,
-        description="Side of the square input of the logged (torch.export) model; detect letterboxes to it.",
-    )
+    """Log the best evaluated checkpoint as an MLflow PyTorch model (what `isrn promote` registers)."""
+    export_size: int = Field(default=640, ge=128, multiple_of=128)
+    """Side of the square input of the logged (torch.export) model; `isrn detect` letterboxes to it."""
     registered_model: str = "isrn-face"
+    """Registered model `isrn promote SPEC` promotes into."""
 
 
-class ScalingSpec(_Section):
+class ScalingSpec(Section):
     num_workers: int = Field(default=2, gt=0)
+    """Ray Train workers (DDP ranks), one per GPU on a GPU cluster."""
     use_gpu: bool = False
+    """One GPU per worker, NCCL; else gloo on CPUs."""
     cpus_per_worker: float = Field(default=1.0, gt=0)
-    max_failures: int = Field(default=1, ge=0, description="Worker-group restarts from the latest checkpoint.")
-    collective_timeout_s: int = Field(
-        default=300, gt=0, description="DDP collective timeout; Ray's default of 1800 s hides hangs.",
-    )
-    resources_timeout_s: float = Field(
-        default=600, ge=0, description="How long a job waits for the cluster (its autoscaler, or whoever adds "
-                                       "nodes) to offer its workers before failing; a request no node could "
-                                       "ever hold fails at once.",
-    )
+    """CPUs each worker reserves (its data loader processes run within them)."""
+    max_failures: int = Field(default=1, ge=0)
+    """Worker-group restarts from the latest complete checkpoint before the run fails."""
+    collective_timeout_s: int = Field(default=300, gt=0)
+    """DDP collective timeout; Ray's default of 1800 s hides hangs."""
+    resources_timeout_s: float = Field(default=600, ge=0)
+    """How long a job waits for the cluster (its autoscaler, or whoever adds nodes) to offer its
+    workers before failing; a request no node could ever hold fails at once."""
 
 
-class JobSpec(_Section):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
+class JobSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """The spec's name: run names start with it."""
     model: ModelConfig = ModelConfig()
+    """The detector (isrn_model/config.py)."""
     loss: LossConfig = LossConfig()
+    """Matching and losses of both steps (isrn_model/config.py)."""
     inference: InferenceConfig = InferenceConfig()
+    """Post-processing and test-time augmentation (isrn_model/config.py)."""
     loader: LoaderConfig = LoaderConfig()
+    """Streaming, augmentation and batching (data_shards/config.py)."""
     data: DataSpec
+    """Where the shards are, or how to generate them."""
     optim: OptimSpec = OptimSpec()
+    """Optimiser and learning-rate schedule."""
     train: TrainSpec = TrainSpec()
+    """The training loop."""
     eval: EvalSpec = EvalSpec()
+    """Evaluation during training."""
     checkpoint: CheckpointSpec
+    """Checkpoint storage and retention."""
     tracking: TrackingSpec
+    """MLflow experiment, logged model and registry."""
     scaling: ScalingSpec = ScalingSpec()
-    tune: TuneSpec | None = Field(default=None, description="Ray Tune study (see jobs/tune/config.py).")
+    """Workers and their resources."""
+    tune: TuneSpec | None = None
+    """A Ray Tune study of this spec (jobs/tune/config.py); `isrn tune` needs it."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "JobSpec":
@@ -259,11 +295,43 @@ def load_spec(spec: str | Path | dict[str, Any], overrides: list[str] | tuple[st
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as error:
-        problems = []
-        for e in error.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            message = e["msg"].removeprefix("Value error, ")
-            if e["type"] in {"extra_forbidden", "unexpected_keyword_argument"}:
-                message = "unknown key"
-            problems.append(f"{where}: {message}")
-        raise SpecError(f"{source}: " + "; ".join(problems)) from None
+        raise SpecError(f"{source}: {describe_errors(error)}") from None
+
+
+REQUIRED = "(required)"
+
+
+def explain(spec: JobSpec) -> str:
+    """The resolved spec as a tree: each field's value, default (when it differs) and description."""
+    lines: list[str] = []
+    _explain_section(spec, type(spec), "", lines)
+    return "\n".join(lines)
+
+
+def _explain_section(value: Any, cls: Any, indent: str, lines: list[str]) -> None:
+    for name, field in _fields_of(cls).items():
+        current = getattr(value, name)
+        description = " ".join((field.description or "").split())
+        if _fields_of(type(current)):
+            lines.append(f"{indent}{name}:{'  # ' + description if description else ''}")
+            _explain_section(current, type(current), indent + "  ", lines)
+            continue
+        default = _plain(field.get_default(call_default_factory=True))
+        shown = json.dumps(_plain(current))
+        note = "" if default in (_plain(current), REQUIRED) else f"  (default {json.dumps(default)})"
+        lines.append(f"{indent}{name}: {shown}{note}{'  # ' + description if description else ''}")
+
+
+def _fields_of(cls: Any) -> dict[str, Any]:
+    """The pydantic fields of a section (a model, or a library dataclass section); {} for a value."""
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return dict(cls.model_fields)
+    return dict(getattr(cls, "__pydantic_fields__", {}) or {})
+
+
+def _plain(value: Any) -> Any:
+    from pydantic_core import PydanticUndefined
+
+    if value is PydanticUndefined:
+        return REQUIRED
+    return json.loads(json.dumps(value, default=str))

@@ -49,12 +49,16 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+TEST_S3_SECRET = f"isrn-test-secret-{uuid.uuid4().hex}"
+"""The session's S3 secret: distinctive, so the secret scan (tests/jobs/test_multinode.py) finds any copy."""
+
+
 def platform_config_on_free_ports(state_dir: Path) -> PlatformConfig:
     p = free_ports(14)
     return PlatformConfig(
         state_dir=state_dir,
         s3=S3Config(port=p[0], master_port=p[1], volume_port=p[2], filer_port=p[3], webdav_port=p[4],
-                    admin_port=p[5]),
+                    admin_port=p[5], secret_key=TEST_S3_SECRET),
         mlflow=MlflowConfig(port=p[6]),
         ray=RayConfig(port=p[7], dashboard_port=p[8], client_server_port=p[9], dashboard_agent_port=p[10],
                       dashboard_agent_grpc_port=p[11], metrics_export_port=p[12],
@@ -154,6 +158,20 @@ def fresh_bucket(local_s3: S3Endpoint) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     local_s3.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def smoke_shards(local_platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """`--set` overrides that put the smoke spec on this session's platform, its data generated and
+    sharded once into s3://isrn-shards/test-smoke (the shards outlive the generated folder)."""
+    from jobs.environment import JobEnvironment
+    from jobs.preparation import ensure_data
+    from jobs.spec import load_spec
+
+    root = tmp_path_factory.mktemp("smoke-data")
+    overrides = [f"data.synth.root={root}", "data.shards=s3://isrn-shards/test-smoke"]
+    ensure_data(load_spec("smoke", overrides), JobEnvironment.resolve(local_platform.config.client_env()))
+    return overrides
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -78,14 +79,16 @@ def submit(spec: str, address: str | None, overrides: tuple[str, ...], command: 
         raise click.ClickException(str(error)) from None
     client, address = _client(address)
     local = is_local_platform(address, Platform(JobEnvironment.resolve().local).platform_id)
-    entrypoint, job_env, _ = build_submission(job_spec, command, local=local, python=python, env_vars=env_vars,
-                                              runtime_env=runtime_env)
+    entrypoint, job_env, folder = build_submission(job_spec, command, local=local, python=python,
+                                                   env_vars=env_vars, runtime_env=runtime_env)
     try:
         job_id = client.submit_job(entrypoint=entrypoint, runtime_env=job_env, submission_id=submission_id,
                                    entrypoint_num_cpus=entrypoint_num_cpus,
                                    metadata={tags.SPEC: job_spec.name, tags.COMMAND: command})
     except Exception as error:  # noqa: BLE001 - the server's message is the explanation
         raise click.ClickException(f"the Ray Jobs API at {address} refused the job: {error}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # uploaded to the cluster by submit_job
     where = "the local platform" if local else "a remote cluster: it uses its own S3 and MLflow settings"
     click.echo(f"submitted job {job_id} to {address} ({where})")
     if no_wait:

@@ -15,7 +15,8 @@ from jobs.spec import SpecError, load_spec
               help="Override a spec field, e.g. --set optim.lr=0.02 --set train.epochs=3.")
 @click.option("--resume", metavar="RUN", help="Continue a stopped run by its run name (from its MLflow run).")
 @click.option("--dry-run", is_flag=True, help="Validate the spec and print it resolved; start nothing.")
-def train(spec: str, overrides: tuple[str, ...], resume: str | None, dry_run: bool) -> None:
+@click.option("--explain", is_flag=True, help="Print the resolved spec with each field's description and default.")
+def train(spec: str, overrides: tuple[str, ...], resume: str | None, dry_run: bool, explain: bool) -> None:
     """Train ISRN with Ray Train DDP as SPEC says (a YAML path or a name in jobs/specs).
 
     Metrics, the resolved spec and the best model go to MLflow; checkpoints to S3.
@@ -24,6 +25,11 @@ def train(spec: str, overrides: tuple[str, ...], resume: str | None, dry_run: bo
         job_spec = load_spec(spec, overrides)
     except SpecError as error:
         raise click.ClickException(str(error)) from None
+    if explain:
+        from jobs.spec import explain as explain_spec
+
+        click.echo(explain_spec(job_spec))
+        return
     if dry_run:
         click.echo(job_spec.to_yaml(), nl=False)
         return

@@ -21,7 +21,9 @@ from jobs.spec import SpecError, load_spec
 @click.option("--resume", metavar="STUDY", help="Resume an interrupted study by name; finished trials are kept.")
 @click.option("--name", metavar="STUDY", help="Name of a new study (default: SPEC name and UTC time).")
 @click.option("--dry-run", is_flag=True, help="Validate the spec and its search space; start nothing.")
-def tune(spec: str, overrides: tuple[str, ...], resume: str | None, name: str | None, dry_run: bool) -> None:
+@click.option("--explain", is_flag=True, help="Print the resolved spec with each field's description and default.")
+def tune(spec: str, overrides: tuple[str, ...], resume: str | None, name: str | None, dry_run: bool,
+         explain: bool) -> None:
     """Search SPEC's tune.space with Ray Tune: every trial is the training job of SPEC.
 
     ASHA stops weak trials early on val AP Hard; MLflow gets a parent run for the study, a nested
@@ -34,6 +36,11 @@ def tune(spec: str, overrides: tuple[str, ...], resume: str | None, name: str | 
         check_space(job_spec)
     except SpecError as error:
         raise click.ClickException(str(error)) from None
+    if explain:
+        from jobs.spec import explain as explain_spec
+
+        click.echo(explain_spec(job_spec))
+        return
     if dry_run:
         click.echo(job_spec.to_yaml(), nl=False)
         return

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from jobs.sections import Section
 
 DOMAINS: dict[str, int | None] = {
     # Ray Tune sampler -> number of arguments (None: a list of values)
@@ -27,11 +29,7 @@ DOMAINS: dict[str, int | None] = {
 """Ray Tune samplers a search dimension may use, as `{sampler: [args]}` (`tune.<sampler>(*args)`)."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SchedulerSpec(_Section):
+class SchedulerSpec(Section):
     name: Literal["asha", "fifo"] = Field(default="asha", description="asha: early stopping; fifo: none.")
     time_attr: Literal["epoch", "training_iteration"] = Field(
         default="epoch", description="ASHA's clock: completed epochs (reports mid-epoch repeat the last one).")
@@ -40,14 +38,14 @@ class SchedulerSpec(_Section):
     reduction_factor: float = Field(default=2.0, gt=1, description="Keep the top 1/rf at each rung.")
 
 
-class TuneSpec(_Section):
+class TuneSpec(Section):
     num_samples: int = Field(default=8, gt=0, description="Trials (per grid point, with grid_search).")
     metric: str = Field(default="val_ap_hard", description="What the scheduler and the search maximise.")
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] = Field(default="max", description="Whether a higher metric is better.")
     search: Literal["random", "optuna"] = Field(
         default="random", description="random: Tune's variant generator; optuna: TPE (optuna must be installed).")
     seed: int | None = Field(default=0, description="Seed of the search algorithm (None: random).")
-    scheduler: SchedulerSpec = SchedulerSpec()
+    scheduler: SchedulerSpec = Field(default=SchedulerSpec(), description="Early stopping of weak trials.")
     max_concurrent_trials: int | None = Field(
         default=None, gt=0, description="Upper bound; the cluster's CPUs and GPUs bound it anyway.")
     trial_cpus: float = Field(

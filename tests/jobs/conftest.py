@@ -8,6 +8,11 @@ number, the last evaluation's, which promotion must not use.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 
 import pytest
@@ -85,3 +90,61 @@ def new_experiment():
 def training_run():
     """`training_run(client, experiment, ap_hard, ...) -> run id`: see `_log_training_run`."""
     return _log_training_run
+
+
+# ---------------------------------------------------------------- a Tune study, once per session
+ISRN = [sys.executable, "-m", "jobs.cli"]
+EXPERIMENT = "isrn-tune-test"
+# Trials alternate (Tune's grid order) between a threshold that lets detections through and one that
+# leaves none (AP exactly 0), so ASHA's rung after epoch 1 has a trial to stop whatever the random lr.
+SPACE = ('tune.space={"optim.lr": {"loguniform": [0.001, 0.05]}, '
+         '"inference.score_threshold": {"grid_search": [0.001, 0.99]}}')
+SETS = ["--set", f"tracking.experiment={EXPERIMENT}", "--set", SPACE, "--set", "tune.num_samples=2"]
+
+
+@pytest.fixture(scope="session")
+def tune_study(local_platform, tmp_path_factory):
+    """A real study on the local platform, started with `isrn tune`, interrupted with Ctrl+C once its
+    first trial has finished, and resumed with `isrn tune --resume` (~3 min on 2 cores)."""
+    from mlflow.tracking import MlflowClient
+
+    env = {**os.environ, **local_platform.config.client_env(), "ISRN_STATE_DIR": str(local_platform.state)}
+    client = MlflowClient(local_platform.config.mlflow_uri)
+    name = f"tune-test-{uuid.uuid4().hex[:6]}"
+    logs = tmp_path_factory.mktemp("tune")
+    started = time.monotonic()
+    with open(logs / "first.log", "w") as log:
+        first = subprocess.Popen([*ISRN, "tune", "tune-smoke", "--name", name, *SETS], env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+    try:
+        finished_before = _wait_for_a_closed_trial(client, name, first, deadline_s=240)
+        first.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops the running trial
+        assert first.wait(timeout=120) == 130, (logs / "first.log").read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    history_before = {r.info.run_id: {m.step for m in client.get_metric_history(r.info.run_id, "val_ap_hard")}
+                      for r in finished_before}
+    resumed = subprocess.run([*ISRN, "tune", "tune-smoke", "--resume", name, *SETS], env=env,
+                             capture_output=True, text=True, timeout=420)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    parent = client.search_runs([experiment.experiment_id], f"tags.`isrn.ray_run_name` = '{name}'")[0]
+    return {"client": client, "name": name, "parent": parent, "experiment_id": experiment.experiment_id,
+            "finished_before": finished_before, "history_before": history_before, "stdout": resumed.stdout,
+            "wall_s": time.monotonic() - started}
+
+
+def _wait_for_a_closed_trial(client, name: str, process: subprocess.Popen, deadline_s: float) -> list:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        assert process.poll() is None, "the study ended before its first trial finished"
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None:
+            runs = client.search_runs([experiment.experiment_id], f"tags.`isrn.study` = '{name}'")
+            closed = [r for r in runs if r.data.tags.get("isrn.tune.role") != "study"
+                      and r.info.status == "FINISHED"]
+            if closed:
+                return closed
+        time.sleep(2)
+    raise AssertionError(f"no trial of {name} finished within {deadline_s} s")

@@ -120,3 +120,41 @@ def test_only_braced_references_are_expanded(monkeypatch):
     monkeypatch.setenv("HOME_BUCKET", "h")
     spec = load_spec("smoke", ["data.shards=s3://${HOME_BUCKET}/$HOME/${HOME_BUCKET:-x}-$"])
     assert spec.data.shards == "s3://h/$HOME/h-$"
+
+
+# ---- descriptions and --explain (issue #15) ------------------------------------------------------
+
+def _undescribed(cls, prefix: str = "") -> list[str]:
+    from jobs.spec import _fields_of
+
+    missing = []
+    for name, field in _fields_of(cls).items():
+        if not (field.description or "").strip():
+            missing.append(prefix + name)
+        for inner in _section_types(field.annotation):
+            missing += _undescribed(inner, f"{prefix}{name}.")
+    return missing
+
+
+def _section_types(annotation) -> list:
+    import typing
+
+    from jobs.spec import _fields_of
+
+    candidates = [annotation, *typing.get_args(annotation)]
+    return [c for c in candidates if isinstance(c, type) and _fields_of(c)]
+
+
+def test_every_spec_field_has_a_description():
+    from jobs.spec import JobSpec
+
+    assert _undescribed(JobSpec) == []
+
+
+def test_explain_prints_values_defaults_and_descriptions():
+    from jobs.spec import explain
+
+    text = explain(load_spec("smoke", ["optim.lr=0.02"]))
+    assert '  lr: 0.02  (default 0.01)  # Peak learning rate for the whole global batch.' in text
+    assert "\ntrain:  # The training loop.\n" in text
+    assert "  depth: 18  # " in text  # a library section's field, described by its docstring

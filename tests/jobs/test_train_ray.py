@@ -5,22 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jobs.environment import JobEnvironment
 from jobs.spec import SpecError, load_spec
-from jobs.preparation import ensure_data
 from jobs.train.driver import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def smoke_overrides(tmp_path_factory, local_platform):
-    """The smoke spec on this session's platform, its data generated and sharded once."""
-    root = tmp_path_factory.mktemp("smoke-data")
-    overrides = [f"data.synth.root={root}", "data.shards=s3://isrn-shards/test-smoke"]
-    env = JobEnvironment.resolve(local_platform.config.client_env())
-    ensure_data(load_spec("smoke", overrides), env)
-    return overrides
+def smoke_overrides(smoke_shards):
+    return smoke_shards
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from jobs.spec import load_spec
 from jobs.train import worker
 from jobs.train.checkpoints import STATE_FILE, TrainingState, save_checkpoint
 from jobs.train.init_from import fetch_state_dict, initialise_from
+from tests.jobs.train.conftest import run_local
 
 TINY = ModelConfig(depth=18, base_width=16, fpn_channels=32, head_channels=32)
 
@@ -91,44 +92,13 @@ def test_from_an_mlflow_logged_model(trained, tmp_path):
 # ---- the training loop, one CPU process ------------------------------------------------------------
 
 
-class RecordingTracker:
-    def __init__(self) -> None:
-        self.texts: dict[str, str] = {}
-
-    def log_metrics(self, metrics, step) -> None:
-        pass
-
-    def log_artifact(self, path, artifact_path=None) -> None:
-        pass
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        self.texts[artifact_file] = text
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("wider")
-    generate_dataset(root, train=8, val=2, seed=4, config=SynthConfig(image_width=192, max_face=96))
-    out = str(tmp_path_factory.mktemp("shards"))
-    for split in ("train", "val"):
-        build_split(root, split, out, progress=False)
-    return out
-
-
 def _run(shards: str, tmp_path: Path, monkeypatch, *overrides: str, restore: Path | None = None):
-    spec = load_spec("smoke", [f"data.shards={shards}", "train.epochs=1", "loader.num_workers=0",
-                               "loader.batches_per_epoch=1", "loader.augment.out_size=128", "loader.val_max_size=192",
-                               "checkpoint.every_steps=null", *overrides])
-    job = worker.WorkerJob(train_manifest=manifest_url(shards, "train"), val_manifest=manifest_url(shards, "val"),
-                           tracking_uri="", run_id=None)
-    tracker = RecordingTracker()
-    monkeypatch.setattr(worker, "make_tracker", lambda *args: tracker)
-    session = worker.LocalSession(tmp_path, restore_from=restore)
-    worker.run_worker(spec, job, session)
+    session, tracker, _ = run_local(shards, tmp_path, monkeypatch, *overrides, restore=restore)
     return session, tracker
 
 
-def test_fine_tune_the_smoke_model_from_another_smoke_run(shards, tmp_path, monkeypatch):
+def test_fine_tune_the_smoke_model_from_another_smoke_run(local_shards, tmp_path, monkeypatch):
+    shards = local_shards
     first, _ = _run(shards, tmp_path / "a", monkeypatch)
     checkpoint = first.restore_dir()  # the last checkpoint LocalSession moved into place
     assert (checkpoint / STATE_FILE).is_file()

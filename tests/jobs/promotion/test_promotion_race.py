@@ -34,7 +34,7 @@ from jobs.promotion import CHAMPION, PREVIOUS, describe, lock_name, promote
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 RACERS, THREADS = 8, 4
 # A racing process: import everything, say "ready", wait for "go" on stdin, then run the real CLI.
 PROCESS = ("import sys, jobs.commands.promote as cmd, jobs.promotion.registry; print('ready', flush=True); "

@@ -8,7 +8,7 @@ import yaml
 
 from jobs.local_platform.config import PlatformConfig, load_platform_config
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "platform" / "local.yaml"
+TEMPLATE = Path(__file__).resolve().parents[3] / "platform" / "local.yaml"
 FIELD_LINES = ("# state_dir", "# host", "# s3", "# mlflow", "# ray", "#   ")
 
 

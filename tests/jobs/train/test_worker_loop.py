@@ -1,0 +1,53 @@
+"""The training loop's contract, fast on one CPU: reports, checkpoints, resume, non-finite losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from jobs.train.steps import NonFiniteLossError
+from jobs.train.worker import CHECKPOINT_SCORE
+from tests.jobs.train.conftest import run_local
+
+
+def test_reports_per_checkpoint_and_epoch_with_their_own_scores(local_shards, tmp_path, monkeypatch):
+    # 3 steps per epoch, 2 epochs, a checkpoint every 2 steps, evaluation after epoch 2 only.
+    session, tracker, state = run_local(local_shards, tmp_path, monkeypatch, "loader.batches_per_epoch=3",
+                                        "train.epochs=2", "checkpoint.every_steps=2", "eval.every_epochs=2",
+                                        "train.log_every_steps=1")
+    assert (state.step, state.epoch) == (6, 2)
+    # Reports: step 2 (mid-epoch), 3 (epoch 1 end), 4 (mid-epoch), 6 (epoch 2 end; 6 is an epoch end, not twice).
+    assert [(r["step"], r["epoch"]) for r in session.reports] == [(2, 0), (3, 1), (4, 1), (6, 2)]
+    scores = [r[CHECKPOINT_SCORE] for r in session.reports]
+    # Only the evaluated checkpoint (epoch 2) has a score of its own; the others cannot compete.
+    assert scores[:3] == [-math.inf] * 3 and math.isfinite(scores[3]) and scores[3] == session.reports[3]["val_ap_hard"]
+    assert [r["evaluated_epoch"] for r in session.reports] == [0, 0, 0, 2]
+    # Every step's losses once, every epoch's time accounted for.
+    assert [s for s, _ in tracker.history("loss")] == [1, 2, 3, 4, 5, 6]
+    for step, metrics in tracker.metrics:
+        shares = {k: v for k, v in metrics.items() if k.startswith("time_share_")}
+        if shares:
+            assert abs(sum(shares.values()) - 1) < 1e-9 and "time_share_forward" in shares, (step, shares)
+    assert [s for s, _ in tracker.history("val_ap_hard")] == [6]
+    # Four complete checkpoints, each with its marker.
+    assert [c.rsplit("/", 1)[-1] for c in session.store.folders()] == [
+        "step_00000002", "step_00000003", "step_00000004", "step_00000006"]
+
+
+def test_a_new_session_resumes_from_the_newest_complete_checkpoint(local_shards, tmp_path, monkeypatch):
+    run_local(local_shards, tmp_path, monkeypatch, "loader.batches_per_epoch=2", "train.epochs=1")
+    half = tmp_path / "step_00000009"  # a folder a dead worker left without its marker: never used
+    half.mkdir()
+    (half / "training_state.pt").write_bytes(b"partial")
+    session, tracker, state = run_local(local_shards, tmp_path, monkeypatch, "loader.batches_per_epoch=2",
+                                        "train.epochs=2", "train.log_every_steps=1")
+    assert tracker.history("resumed_from_step") == [(2, 2)]
+    assert [s for s, _ in tracker.history("loss")] == [3, 4]  # epoch 2 only
+    assert (state.step, state.epoch) == (4, 2) and session.reports[-1]["step"] == 4
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step(local_shards, tmp_path, monkeypatch):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+: \{.*'loss_cls_1'"):
+        run_local(local_shards, tmp_path, monkeypatch, "loader.batches_per_epoch=4", "optim.lr=1e30",
+                  "optim.warmup_steps=0", "train.grad_clip_norm=null", "optim.schedule=constant")

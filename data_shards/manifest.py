@@ -119,12 +119,18 @@ def find_manifests(base_url: str, settings: S3Settings | None = None) -> dict[st
 
 
 def verify_manifest(url: str, manifest: Manifest, settings: S3Settings | None = None) -> list[str]:
-    """Download every shard and ground-truth file and check size and sha256; returns the problems."""
+    """Download every shard and ground-truth file and check size and sha256; returns the problems.
+
+    A progress bar (bytes) shows on a terminal."""
+    from tqdm import tqdm
+
     folder, _ = split_manifest_url(url)
     store = open_store(folder, settings)
     problems = []
     entries = [(s.name, s.bytes, s.sha256) for s in manifest.shards]
     entries += [(g["name"], g["bytes"], g["sha256"]) for g in manifest.ground_truth.values()]
+    bar = tqdm(total=sum(size for _, size, _ in entries), desc=f"verify {manifest.split}", unit="B",
+               unit_scale=True, disable=None)
     for name, size, sha in entries:
         digest, n = hashlib.sha256(), 0
         try:
@@ -132,12 +138,14 @@ def verify_manifest(url: str, manifest: Manifest, settings: S3Settings | None = 
                 while block := f.read(1 << 20):
                     digest.update(block)
                     n += len(block)
+                    bar.update(len(block))
         except Exception as exn:  # missing object, connection error: report, keep checking
             problems.append(f"{name}: cannot read: {exn}")
             continue
         if n != size or digest.hexdigest() != sha:
             problems.append(f"{name}: {n} bytes sha256 {digest.hexdigest()[:12]}…, manifest says "
                             f"{size} bytes sha256 {sha[:12]}…")
+    bar.close()
     return problems
 
 

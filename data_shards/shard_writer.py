@@ -138,7 +138,8 @@ def build_split(
     entries: list[ShardEntry] = []
     uploaded = skipped = 0
     with tempfile.TemporaryDirectory(prefix="isrn-shards-") as tmp, tqdm(
-        total=len(records), desc=f"shards {split}", unit="img", disable=not progress
+        # disable=None: a bar on a terminal, nothing in a log file or a Ray job's output.
+        total=len(records), desc=f"shards {split}", unit="img", disable=None if progress else True
     ) as bar:
         for name, idx in zip(names, plan, strict=True):
             local = Path(tmp) / name

@@ -124,7 +124,10 @@ def predict_split(detector: Detector, shards: str, settings: Any, evaluator: Any
     # The loader's own resize-and-pad is the letterbox: long side <= S, padded to a multiple of S.
     config = LoaderConfig(val_batch_size=1, val_max_size=detector.size, val_size_multiple=detector.size,
                           num_workers=0)
-    for batch in make_val_loader(manifest_url(shards, "val"), config, settings=settings):
+    from tqdm import tqdm
+
+    loader = make_val_loader(manifest_url(shards, "val"), config, settings=settings)
+    for batch in tqdm(loader, total=len(loader), desc="eval", unit="img", disable=None):
         if not bool(batch["valid"][0]):
             continue
         height, width = (int(v) for v in batch["image_sizes"][0])

@@ -30,6 +30,16 @@ def detector_from_checkpoint(checkpoint_dir: Path, spec: JobSpec | None = None):
     return model.eval(), spec
 
 
+def model_requirements() -> list[str]:
+    """What loading and running the logged model needs: torch (the pt2 program), numpy and mlflow
+    (pyfunc), pinned to what logged it. MLflow's inference would add everything this process
+    imported (colorama, boto3, ...), which a user loading the champion then gets warned about."""
+    import mlflow
+
+    version = torch.__version__.split("+")[0]  # "2.13.0+cpu": the build is the installer's choice
+    return [f"torch=={version}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"]
+
+
 def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: JobSpec, *,
                  checkpoint_uri: str | None = None) -> str:
     """Log the checkpoint's model into `run_id`; returns the model URI (`models:/m-…`).
@@ -54,7 +64,7 @@ def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: Job
         save_model(model, eager)  # the eager model too: flip / multi-scale test need it
         info = mlflow.pytorch.log_model(
             wrapper, name=MODEL_NAME, input_example=example, signature=infer_signature(example, output),
-            serialization_format="pt2", extra_files=[str(eager)],
+            serialization_format="pt2", extra_files=[str(eager)], pip_requirements=model_requirements(),
             metadata={"export_size": size, "output": "x1,y1,x2,y2,score", "spec_fingerprint": spec.fingerprint()},
             params={"checkpoint": checkpoint_uri or str(checkpoint_dir)},
         )

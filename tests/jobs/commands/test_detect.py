@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -132,3 +135,16 @@ def test_detect_with_the_champion_finds_the_faces(platform_env, tmp_path: Path) 
     # MLflow's download progress shares the output; the JSON object is the last {...} in it.
     ap = json.loads(re.findall(r"\{[^{}]*\}", evaluated.output)[-1])
     assert set(ap) == {"easy", "medium", "hard"} and all(0.0 <= v <= 1.0 for v in ap.values())
+
+    # Any MLflow user loads the champion with pyfunc, in a fresh interpreter: no requirement mismatch,
+    # no warning, and a prediction of the documented shape.
+    code = ("import logging, warnings, numpy as np, mlflow; warnings.simplefilter('error'); "
+            "m = mlflow.pyfunc.load_model('models:/isrn-face@champion'); "
+            "out = m.predict(np.zeros((1, 3, 256, 256), np.float32)); print('shape', tuple(out.shape))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert f"shape (1, {spec.inference.keep_top_k}, 5)" in loaded.stdout
+    assert "mismatch" not in loaded.stderr.lower() and "warning" not in loaded.stderr.lower(), loaded.stderr[-3000:]
+    requirements = Path(mlflow.artifacts.download_artifacts(f"{model_uri}/requirements.txt", dst_path=str(tmp_path)))
+    assert sorted(line.split("==")[0] for line in requirements.read_text().split()) == ["mlflow", "numpy", "torch"]

@@ -85,11 +85,17 @@ def _ints(path: Path, lineno: int, text: str, n: int, what: str) -> list[int]:
     fields = text.split()
     if len(fields) < n:
         raise WiderFormatError(path, lineno, f"{what}: expected {n} integers, got {text.strip()!r}")
-    try:
-        # Some released files carry float-looking values ("12.0"); accept them when integral.
-        values = [int(float(f)) if "." in f else int(f) for f in fields[:n]]
-    except ValueError:
-        raise WiderFormatError(path, lineno, f"{what}: not integers: {text.strip()!r}") from None
+    values = []
+    for field in fields[:n]:
+        try:
+            # Some released files carry float-looking values ("12.0"); accept them when integral.
+            number = float(field) if "." in field or "e" in field.lower() else int(field)
+        except ValueError:
+            raise WiderFormatError(path, lineno, f"{what}: not integers: {text.strip()!r}") from None
+        if isinstance(number, float) and not (number == number and number.is_integer()):
+            # 12.5 (or nan) is no pixel count; truncating it to 12 would move a box silently.
+            raise WiderFormatError(path, lineno, f"{what}: {field!r} is not a whole number: {text.strip()!r}")
+        values.append(int(number))
     return values
 
 

@@ -29,11 +29,18 @@ def build(wider_root: str, split: str, out_url: str, shard_size_mb: float) -> No
     """Write one split's shards, then its manifest (resumes an interrupted run)."""
     from data_shards.shard_writer import build_split
     from data_shards.storage import StorageAccessError
+    from data_shards.wider_layout import WiderFormatError
 
     try:
         manifest = build_split(wider_root, split, out_url, shard_size_mb=shard_size_mb)
     except StorageAccessError as exn:
-        raise click.ClickException(str(exn)) from exn
+        raise click.ClickException(str(exn)) from None
+    except WiderFormatError as exn:  # names the annotation file and line
+        raise click.ClickException(f"{exn}; fix the annotation file (or use the official download's) and "
+                                   "run the same command again: finished shards are kept") from None
+    except FileNotFoundError as exn:
+        raise click.ClickException(f"{exn}: --wider-root must hold the WIDER FACE layout "
+                                   "(WIDER_<split>/images, wider_face_split/)") from None
     click.echo(f"{split}: {len(manifest.shards)} shards, {manifest.samples} images, {manifest.faces} faces, "
                f"{manifest.bytes / 1e6:.1f} MB -> {out_url}")
 

@@ -30,6 +30,7 @@ class Session(Protocol):
     def restore_dir(self) -> Path | None: ...
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
     def step_done(self, step: int) -> None: ...
+    def restored(self) -> None: ...
 
 
 class LocalSession:
@@ -67,6 +68,9 @@ class LocalSession:
     def step_done(self, step: int) -> None:
         pass
 
+    def restored(self) -> None:
+        pass
+
 
 class RaySession:
     """Inside a Ray Train worker: checkpoints in the run's storage folder, step-named, with markers."""
@@ -80,6 +84,7 @@ class RaySession:
         storage = context.get_storage()  # a DeveloperAPI: Ray's own filesystem and run folder
         self.store = CheckpointStore(storage.storage_filesystem, storage.experiment_fs_path)
         self.faults = tuple(faults.Fault(**f) for f in fault_plan)
+        self._restore_copy: Path | None = None
 
     def device(self) -> torch.device:
         import ray.train.torch
@@ -119,7 +124,14 @@ class RaySession:
         choice = broadcast_from_rank_0(choice)
         if choice is None:
             return None
-        return self.store.download(choice.path, Path(tempfile.mkdtemp(prefix="isrn-restore-")))
+        self._restore_copy = self.store.download(choice.path, Path(tempfile.mkdtemp(prefix="isrn-restore-")))
+        return self._restore_copy
+
+    def restored(self) -> None:
+        """The checkpoint is loaded: remove the local copy `restore_dir` made."""
+        if self._restore_copy is not None:
+            shutil.rmtree(self._restore_copy, ignore_errors=True)
+            self._restore_copy = None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         import ray.train

@@ -9,7 +9,12 @@ the same run, so the history stays one run with continuous steps.
 from __future__ import annotations
 
 import logging
+import queue
+import shutil
+import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +35,99 @@ class NullTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
+
+EVENT_METRICS = frozenset({"resumed_from_step"})
+"""Metrics that record events, logged every time (a run resumed twice from one step says so twice)."""
+
 
 class MlflowTracker(NullTracker):
-    """Logs into an existing MLflow run by id (never starts or ends it)."""
+    """Logs into an existing MLflow run by id (never starts or ends it), without ever blocking a step.
 
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
+    Calls queue their payload; a background thread sends it in order and, when the server does not
+    answer (restarting, a network cut), keeps it and tries again until it does: metrics reach the run
+    when MLflow returns, training goes on meanwhile. `close()` waits for the queue to drain.
+
+    Replays are logged once: a worker group restarted from a checkpoint repeats the steps between that
+    checkpoint and the failure, which the run already holds. A metric whose step is at most the run's
+    latest step of that metric (read once per metric, at its first call) is not sent again, so the
+    history stays one value per step, the first one (issue 13). Resumed runs are bitwise
+    deterministic on CPU (the loop skips the batches it had consumed), so the values are the same.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, *, retry_s: float = 5.0) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
-        self.run_id = run_id
+        self.run_id, self.retry_s = run_id, retry_s
+        self._logged: dict[str, float] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self._files = Path(tempfile.mkdtemp(prefix="isrn-tracker-"))
+        self._thread = threading.Thread(target=self._send_forever, name="isrn-mlflow", daemon=True)
+        self._thread.start()
 
+    # ---- the training thread's side: never waits on the network
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self._queue.put(("metrics", (dict(metrics), int(step), int(time.time() * 1000))))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        # The caller's file may be gone before the thread sends it (a temporary folder): keep a copy.
+        copy = self._files / uuid.uuid4().hex / Path(path).name
+        copy.parent.mkdir()
+        shutil.copyfile(path, copy)
+        self._queue.put(("artifact", (copy, artifact_path)))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._queue.put(("text", (text, artifact_file)))
+
+    def close(self, timeout_s: float = 600.0) -> None:
+        """Wait until everything queued reached MLflow; raise if the server stays away for `timeout_s`."""
+        self._queue.put(("stop", None))
+        self._thread.join(timeout_s)
+        shutil.rmtree(self._files, ignore_errors=True)
+        if self._thread.is_alive():
+            raise TimeoutError(f"MLflow run {self.run_id}: {self._queue.qsize()} logging calls still unsent after "
+                               f"{timeout_s:.0f} s; is the tracking server at {self.client.tracking_uri} up?")
+
+    # ---- the sender thread
+    def _send_forever(self) -> None:
+        while True:
+            kind, payload = self._queue.get()
+            if kind == "stop":
+                return
+            while True:
+                try:
+                    self._send(kind, payload)
+                    break
+                except Exception as error:  # noqa: BLE001 - MLflow down or restarting: keep it, try again
+                    log.warning("MLflow unavailable (%s); keeping the %s and retrying in %.0f s",
+                                str(error)[:200], kind, self.retry_s)
+                    time.sleep(self.retry_s)
+
+    def _send(self, kind: str, payload: Any) -> None:
+        from mlflow.entities import Metric
+
+        if kind == "metrics":
+            metrics, step, timestamp = payload
+            fresh = {k: v for k, v in metrics.items() if k in EVENT_METRICS or step > self._latest_step(k)}
+            if fresh:
+                self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), timestamp, step)
+                                                            for k, v in fresh.items()])
+                for key in fresh:
+                    self._logged[key] = max(self._logged.get(key, -1), step)
+        elif kind == "artifact":
+            path, artifact_path = payload
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        elif kind == "text":
+            self.client.log_text(self.run_id, *payload)
+
+    def _latest_step(self, key: str) -> float:
+        if key not in self._logged:
+            history = self.client.get_metric_history(self.run_id, key)
+            self._logged[key] = max((m.step for m in history), default=-1)
+        return self._logged[key]
 
 
 def make_tracker(is_main: bool, tracking_uri: str, run_id: str | None) -> NullTracker:

@@ -111,6 +111,7 @@ def run_worker(spec: JobSpec, job: WorkerJob, session: Session) -> TrainingState
     state = TrainingState()
     if restore is not None:
         state, _ = load_checkpoint(restore, model, optimizer)
+        session.restored()
         log.info("rank %d resumed from %s at step %d (epoch %d)", session.rank, restore, state.step, state.epoch)
         tracker.log_metrics({"resumed_from_step": state.step}, step=state.step)
         progress.emit("resume", step=state.step, epoch=state.epoch)
@@ -124,6 +125,24 @@ def run_worker(spec: JobSpec, job: WorkerJob, session: Session) -> TrainingState
                          f"training split ({job.train_manifest}): no full step per epoch")
     train_loader.set_epoch(state.epoch)  # a resumed run continues with its epoch's shard order
     clock = GradientClock(model)
+    try:
+        _train(spec, job, plan, model, optimizer, train_loader, state, session, tracker, progress, device, clock,
+               settings)
+    except BaseException:
+        try:  # what was logged before the failure should still reach the run; the failure is what matters
+            tracker.close(timeout_s=30)
+        except Exception as error:  # noqa: BLE001
+            log.warning("could not flush the MLflow logs: %s", error)
+        raise
+    tracker.close()
+    return state
+
+
+def _train(spec: JobSpec, job: WorkerJob, plan: EpochPlan, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           train_loader, state: TrainingState, session: Session, tracker: NullTracker, progress: ProgressSink,
+           device: torch.device, clock: GradientClock, settings: S3Settings) -> None:
+    """Epochs until `spec.train.epochs`: train, evaluate when due, report with a checkpoint."""
+    is_main = session.rank == 0
     while state.epoch < spec.train.epochs:
         seconds: dict[str, float] = {}
         epoch_metrics = run_epoch(spec, plan, model, optimizer, train_loader, state, session, tracker, progress,
@@ -147,7 +166,6 @@ def run_worker(spec: JobSpec, job: WorkerJob, session: Session) -> TrainingState
         tracker.log_metrics(epoch_metrics, step=state.step)
         if is_main:
             log.info("epoch %d: %s", state.epoch, describe(epoch_metrics))
-    return state
 
 
 def run_epoch(spec: JobSpec, plan: EpochPlan, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -159,6 +177,10 @@ def run_epoch(spec: JobSpec, plan: EpochPlan, model: torch.nn.Module, optimizer:
     progress.emit("epoch_start", epoch=state.epoch + 1, epochs=plan.epochs, steps=plan.steps_per_epoch,
                   done=done_in_epoch)
     batches = iter(train_loader)
+    # A run resumed mid-epoch skips the batches it had trained on, so it sees the same batches an
+    # uninterrupted run sees (the epoch's stream is a pure function of seed, epoch and rank).
+    for _ in itertools.islice(batches, done_in_epoch * spec.train.grad_accum_steps):
+        pass
     epoch_started = waited = time.perf_counter()
     losses: dict[str, float] = {}
     for _ in range(plan.steps_per_epoch - done_in_epoch):

@@ -30,6 +30,9 @@ class RecordingTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.texts[artifact_file] = text
 
+    def close(self) -> None:
+        pass
+
     def history(self, key: str) -> list[tuple[int, float]]:
         return [(step, m[key]) for step, m in self.metrics if key in m]
 

@@ -51,3 +51,33 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(local_shards, tmp_path,
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+: \{.*'loss_cls_1'"):
         run_local(local_shards, tmp_path, monkeypatch, "loader.batches_per_epoch=4", "optim.lr=1e30",
                   "optim.warmup_steps=0", "train.grad_clip_norm=null", "optim.schedule=constant")
+
+
+def test_a_run_killed_mid_epoch_ends_with_the_weights_of_an_unkilled_one(local_shards, tmp_path, monkeypatch):
+    import torch
+
+    from jobs.train import worker
+    from jobs.train.checkpoints import load_checkpoint
+
+    overrides = ("loader.batches_per_epoch=3", "train.epochs=2", "checkpoint.every_steps=2", "eval.every_epochs=9",
+                 "train.log_every_steps=1")
+    unkilled, _, _ = run_local(local_shards, tmp_path / "a", monkeypatch, *overrides)
+
+    class Killed(RuntimeError):
+        pass
+
+    def die_after_step_5(self, step: int) -> None:
+        if step == 5:  # the step-4 checkpoint is complete; step 5 is lost with the worker
+            raise Killed()
+
+    monkeypatch.setattr(worker.LocalSession, "step_done", die_after_step_5)
+    with pytest.raises(Killed):
+        run_local(local_shards, tmp_path / "b", monkeypatch, *overrides)
+    monkeypatch.undo()
+    resumed, tracker, state = run_local(local_shards, tmp_path / "b", monkeypatch, *overrides)
+    assert tracker.history("resumed_from_step") == [(4, 4)] and state.step == 6
+    # The resumed run skipped the epoch's first batch (trained before the kill) and saw the same data:
+    # its weights equal those of the run that was never killed.
+    a = load_checkpoint(unkilled.store.latest().path)[1]["model"]
+    b = load_checkpoint(resumed.store.latest().path)[1]["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

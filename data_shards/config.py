@@ -91,6 +91,9 @@ class LoaderConfig(Section):
     """Seeds shard permutations, shuffling and augmentation (with epoch, rank and worker)."""
     prefetch_factor: int = Field(default=2, gt=0)
     """Batches each dataloader worker prepares ahead."""
+    verify: bool = False
+    """Check every shard's sha256 against the manifest before reading (downloads the split once per
+    loader); their sizes are always checked."""
 
 
 @config_section

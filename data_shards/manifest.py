@@ -71,7 +71,8 @@ class Manifest:
         try:
             data = json.loads(text)
             if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
+                raise ValueError(f"format {data.get('format')!r}, this isrn reads {FORMAT!r}: rebuild the split "
+                                 "with `isrn shards build`, or use the isrn version that wrote it")
             return cls(
                 split=data["split"],
                 shards=tuple(ShardEntry(**s) for s in data["shards"]),
@@ -116,6 +117,31 @@ def find_manifests(base_url: str, settings: S3Settings | None = None) -> dict[st
             manifest = Manifest.from_json(store.get_bytes(name), source=store.url(name))
             out[manifest.split] = (store.url(name), manifest)
     return dict(sorted(out.items()))
+
+
+class ShardMismatchError(ValueError):
+    """The shards in storage are not the ones the manifest lists: missing, another size, another sha256."""
+
+
+def check_shards(url: str, manifest: Manifest, settings: S3Settings | None = None, *, verify: bool = False) -> None:
+    """Every shard of the manifest exists with the manifest's size (one HEAD each); with `verify`, also
+    its sha256 (downloads the split). Raises `ShardMismatchError` naming each shard and the fix."""
+    folder, _ = split_manifest_url(url)
+    store = open_store(folder, settings)
+    problems = []
+    for shard in manifest.shards:
+        found = store.stat(shard.name)
+        if found is None:
+            problems.append(f"{shard.name}: missing")
+        elif found[0] != shard.bytes:
+            problems.append(f"{shard.name}: {found[0]} bytes, the manifest says {shard.bytes}")
+    if not problems and verify:
+        problems = verify_manifest(url, manifest, settings)
+    if problems:
+        raise ShardMismatchError(
+            f"{url}: the shards do not match their manifest ({'; '.join(problems[:5])}"
+            f"{f'; and {len(problems) - 5} more' if len(problems) > 5 else ''}); rebuild the split with "
+            f"`isrn shards build` (it resumes) or restore the shards; `isrn shards inspect --verify` checks them all")
 
 
 def verify_manifest(url: str, manifest: Manifest, settings: S3Settings | None = None) -> list[str]:

@@ -21,7 +21,7 @@ import torch
 import webdataset as wds
 
 from data_shards.config import LoaderConfig
-from data_shards.manifest import Manifest, read_manifest, shard_urls, split_manifest_url
+from data_shards.manifest import Manifest, check_shards, read_manifest, shard_urls, split_manifest_url
 from data_shards.s3_opener import register_s3_opener, reset_clients
 from data_shards.storage import S3Settings, check_access
 
@@ -123,13 +123,15 @@ def worker_slot() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _load_manifest(manifest_url: str, settings: S3Settings | None) -> tuple[Manifest, list[str]]:
+def _load_manifest(manifest_url: str, settings: S3Settings | None,
+                   verify: bool = False) -> tuple[Manifest, list[str]]:
     folder, _ = split_manifest_url(manifest_url)
     check_access(folder, settings)
     register_s3_opener(settings)
     manifest = read_manifest(manifest_url, settings)
     if not manifest.shards:
         raise ValueError(f"{manifest_url}: the manifest lists no shards")
+    check_shards(manifest_url, manifest, settings, verify=verify)
     return manifest, shard_urls(manifest_url, manifest)
 
 
@@ -153,11 +155,12 @@ def web_loader(pipeline: wds.DataPipeline, config: LoaderConfig, settings: S3Set
     )
 
 
-def open_split(manifest_url: str, rank: int, world_size: int,
-                settings: S3Settings | None) -> tuple[S3Settings, Manifest, list[str]]:
-    """Check the rank, resolve the S3 settings and read the split's manifest and shard URLs."""
+def open_split(manifest_url: str, rank: int, world_size: int, settings: S3Settings | None,
+               verify: bool = False) -> tuple[S3Settings, Manifest, list[str]]:
+    """Check the rank, resolve the S3 settings, read the split's manifest and check its shards
+    (sizes; sha256 too with `verify`); returns the shard URLs."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     settings = settings or S3Settings.from_env()  # resolved here: workers may not share our environment
-    manifest, urls = _load_manifest(manifest_url, settings)
+    manifest, urls = _load_manifest(manifest_url, settings, verify)
     return settings, manifest, urls

@@ -17,7 +17,9 @@ rebuild from a changed annotation file first withdraws the old manifest.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import io
 import json
 import logging
@@ -132,8 +134,11 @@ def build_split(
 
     sizes = [layout.image_path(split, r).stat().st_size for r in records]
     plan = plan_shards(sizes, int(shard_size_mb * 1024 * 1024))
-    names = [f"{split}-{i:06d}.tar" for i in range(len(plan))]
-    _withdraw_stale_manifest(store, split, annotation_sha, names)
+    version = build_version(annotation_sha, [[records[i].path for i in idx] for idx in plan])
+    # Versioned names: a rebuild from other data writes beside the published shards, never over them,
+    # so readers of the published manifest keep working until the new manifest replaces it. The same
+    # data gives the same version, so an interrupted build resumes where it stopped.
+    names = [f"{version}/{split}-{i:06d}.tar" for i in range(len(plan))]
 
     entries: list[ShardEntry] = []
     uploaded = skipped = 0
@@ -142,8 +147,8 @@ def build_split(
         total=len(records), desc=f"shards {split}", unit="img", disable=None if progress else True
     ) as bar:
         for name, idx in zip(names, plan, strict=True):
-            local = Path(tmp) / name
-            entry = write_shard(local, layout, split, [records[i] for i in idx])
+            local = Path(tmp) / Path(name).name
+            entry = dataclasses.replace(write_shard(local, layout, split, [records[i] for i in idx]), name=name)
             if store.stat(f"{split}/{name}") == (entry.bytes, entry.sha256):
                 skipped += 1
             else:
@@ -157,7 +162,7 @@ def build_split(
     if split == "val":
         for file_name, path in sorted(layout.ground_truth_files().items()):
             sha = sha256_file(path)
-            name = f"ground_truth/{file_name}"
+            name = f"{version}/ground_truth/{file_name}"
             if store.stat(f"{split}/{name}") != (path.stat().st_size, sha):
                 store.put_file(path, f"{split}/{name}", sha)
             ground_truth[file_name] = {"name": name, "bytes": path.stat().st_size, "sha256": sha}
@@ -177,16 +182,7 @@ def build_split(
     return manifest
 
 
-def _withdraw_stale_manifest(store, split: str, annotation_sha: str, names: list[str]) -> None:
-    """Remove a published manifest that the coming rebuild would contradict."""
-    name = f"{split}/{MANIFEST_NAME}"
-    if store.stat(name) is None:
-        return
-    try:
-        old = Manifest.from_json(store.get_bytes(name))
-    except ValueError:
-        old = None
-    if old is None or old.annotation_sha256 != annotation_sha or [s.name for s in old.shards] != names:
-        log.warning("withdrawing the manifest of split %s: it is being rebuilt from other data", split)
-        store.delete(name)
-
+def build_version(annotation_sha: str, shard_members: list[list[str]]) -> str:
+    """`v-<12 hex>`: a function of the annotation file and of which images go to which shard."""
+    digest = hashlib.sha256(json.dumps([annotation_sha, shard_members]).encode()).hexdigest()
+    return f"v-{digest[:12]}"

@@ -113,7 +113,7 @@ def make_train_loader(
     settings: S3Settings | None = None,
 ) -> TrainLoader:
     """The training loader of `rank` among `world_size` over the split at `manifest_url`."""
-    settings, manifest, urls = open_split(manifest_url, rank, world_size, settings)
+    settings, manifest, urls = open_split(manifest_url, rank, world_size, settings, verify=config.verify)
     num_batches = config.batches_per_epoch or max(1, manifest.samples // (world_size * config.batch_size))
     source = _TrainShards(urls, rank, world_size, config.seed)
     skipped = SkipCounter()

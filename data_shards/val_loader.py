@@ -124,7 +124,7 @@ def make_val_loader(
     settings: S3Settings | None = None,
 ) -> ValLoader:
     """The validation loader of `rank`: every image once across ranks, no augmentation."""
-    settings, manifest, urls = open_split(manifest_url, rank, world_size, settings)
+    settings, manifest, urls = open_split(manifest_url, rank, world_size, settings, verify=config.verify)
     samples = [s.samples for s in manifest.shards]
     mine = [urls[i] for i in assign_shards(samples, world_size)[rank]]
     num_batches = max(expected_val_batches(samples, world_size, config.num_workers, config.val_batch_size))

@@ -33,6 +33,8 @@ TUNE_SCHEDULER = "isrn.tune.scheduler"
 EARLY_STOPPED = "isrn.tune.early_stopped"
 EPOCHS_DONE = "isrn.tune.epochs_done"
 BEST_TRIAL_RUN_ID = "isrn.tune.best_run_id"
+FAILED_TRIALS = "isrn.tune.failed_trials"
+"""Comma-separated ids of a study's trials that crashed."""
 
 # ---- model versions in the registry
 RUN_ID = "isrn.run_id"

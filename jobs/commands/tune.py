@@ -66,3 +66,7 @@ def tune(spec: str, overrides: tuple[str, ...], resume: str | None, name: str | 
     click.echo(f"MLflow study run: {outcome.parent_run_url}")
     if outcome.model_uri:
         click.echo(f"best trial run {outcome.best_run_id}, model {outcome.model_uri}")
+    if outcome.failed_trials:
+        click.echo(f"{len(outcome.failed_trials)} of {len(outcome.trials)} trials failed: "
+                   f"{', '.join(outcome.failed_trials)} (their errors: the Ray logs, their MLflow runs)", err=True)
+        sys.exit(1)

@@ -163,6 +163,12 @@ def start_or_resume_run(
     return run_id
 
 
+def set_tag(tracking_uri: str, run_id: str, key: str, value: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri).set_tag(run_id, key, value)
+
+
 def finish_run(tracking_uri: str, run_id: str, status: str) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -27,7 +27,7 @@ from jobs.preparation import PreparedJob, new_run_name, prepare_job, storage_for
 from jobs.spec import JobSpec, SpecError
 from jobs.train.driver import log_best_model, prune_unregistered_checkpoints
 from jobs.train.worker import CHECKPOINT_SCORE
-from jobs.train.tracking import finish_run, run_url, start_or_resume_run
+from jobs.train.tracking import finish_run, run_url, set_tag, start_or_resume_run
 from jobs.tune.config import TuneSpec
 from jobs.tune.mlflow_study import TrialRunStatus, closed_trials, find_run, log_study_summary, trial_run_name
 from jobs.tune.search_space import apply_trial_config, check_space, param_space, searched_values
@@ -60,6 +60,7 @@ class StudyOutcome:
     best_run_id: str | None
     model_uri: str | None
     wall_s: float
+    failed_trials: list[str] = dataclasses.field(default_factory=list)
 
 
 def run_trial(config: dict[str, Any], *, context: StudyContext) -> None:
@@ -214,9 +215,16 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
     best_run_id, model_uri = None, None
     if results.num_terminated:
         best_run_id, model_uri = _log_best_trial_model(results, spec, env, study, filesystem)
-    finish_run(env.mlflow_uri, parent_run_id, "FINISHED" if results.num_terminated else "FAILED")
+    # A crashed trial fails the study (exit code, parent run status) once the others have finished;
+    # what they produced (summary, best model) is kept.
+    failed = [row["trial_id"] for row in rows if row["status"] == "FAILED"]
+    if failed:
+        set_tag(env.mlflow_uri, parent_run_id, tags.FAILED_TRIALS, ",".join(failed))
+        log.error("study %s: %d of %d trials failed (%s); their errors are in the Ray logs and their MLflow runs",
+                  study, len(failed), len(rows), ", ".join(failed))
+    finish_run(env.mlflow_uri, parent_run_id, "FINISHED" if results.num_terminated and not failed else "FAILED")
     return StudyOutcome(study, parent_run_id, run_url(env.mlflow_uri, parent_run_id), rows, False, best_run_id,
-                        model_uri, time.perf_counter() - started)
+                        model_uri, time.perf_counter() - started, failed)
 
 
 def _log_best_trial_model(results, spec: JobSpec, env: JobEnvironment, study: str,

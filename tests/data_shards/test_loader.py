@@ -1,5 +1,6 @@
 """Streaming loaders on local shards: equal batch counts per rank, each val image once, skips."""
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -108,7 +109,10 @@ def _corrupt_shards(wider_root: Path, out: Path) -> str:
     # shard 2: a copy of shard 0 cut in the middle of a member (a truncated tar)
     data = (out / "val-000000.tar").read_bytes()
     (out / "val-000002.tar").write_bytes(data[: len(data) // 2 + 100])
-    entries = (good, ShardEntry(bad.name, 4, 0, bad.stat().st_size, "x"), ShardEntry("val-000002.tar", 4, 0, 0, "x"))
+    # (Sizes as stored: a shard of another size is refused before reading, see below; these are
+    # corrupt inside, as bit rot or a bad writer leaves them, and are skipped sample by sample.)
+    truncated = (out / "val-000002.tar").stat().st_size
+    entries = (good, ShardEntry(bad.name, 4, 0, bad.stat().st_size, "x"), ShardEntry("val-000002.tar", 4, 0, truncated, "x"))
     (out / "manifest.json").write_text(Manifest("val", entries, "x", "0").to_json())
     return str(out / "manifest.json")
 
@@ -127,3 +131,20 @@ def test_corrupt_samples_are_skipped_and_counted(wider_root, tmp_path, caplog):
     train = list(make_train_loader(url, LoaderConfig(batch_size=2, augment=AugmentConfig(out_size=64), num_workers=0,
                                                       batches_per_epoch=8)))
     assert len(train) == 8  # the epoch goes on through bad samples
+
+
+def test_shards_that_differ_from_the_manifest_are_refused_before_reading(wider_root, tmp_path):
+    from data_shards.manifest import ShardMismatchError
+
+    url = _corrupt_shards(wider_root, tmp_path)
+    cfg = LoaderConfig(batch_size=2, augment=AugmentConfig(out_size=64), num_workers=0, val_batch_size=1)
+    (tmp_path / "val-000001.tar").write_bytes(b"x" * 10)  # replaced after publication
+    with pytest.raises(ShardMismatchError, match=r"val-000001.tar: 10 bytes, the manifest says \d+.*isrn shards build"):
+        make_val_loader(url, cfg)
+    (tmp_path / "val-000001.tar").unlink()
+    with pytest.raises(ShardMismatchError, match=r"val-000001.tar: missing"):
+        make_train_loader(url, cfg)
+    # With verify, the content too: the manifest's sha256 "x" of shard 1 is wrong whatever its size.
+    url = _corrupt_shards(wider_root, tmp_path / "again")
+    with pytest.raises(ShardMismatchError, match=r"val-000001.tar: \d+ bytes sha256"):
+        make_val_loader(url, dataclasses.replace(cfg, verify=True))

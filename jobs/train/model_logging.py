@@ -57,8 +57,10 @@ def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: Job
     with torch.no_grad():
         output = wrapper(torch.from_numpy(example)).numpy()
     mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.tracking.MlflowClient(tracking_uri)
+    before = client.get_run(run_id).info
     # The fluent API refuses a run of another experiment than the process's active one.
-    mlflow.set_experiment(experiment_id=mlflow.tracking.MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
+    mlflow.set_experiment(experiment_id=before.experiment_id)
     with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory(prefix="isrn-model-") as directory:
         eager = Path(directory) / "isrn_model.pt"
         save_model(model, eager)  # the eager model too: flip / multi-scale test need it
@@ -69,6 +71,9 @@ def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: Job
             params={"checkpoint": checkpoint_uri or str(checkpoint_dir)},
         )
         mlflow.set_tags({tags.MODEL_URI: info.model_uri, tags.BEST_CHECKPOINT: checkpoint_uri or ""})
+    if before.end_time:
+        # A finished run (a Tune trial) stays as it ended: leaving `start_run` marked it ended now.
+        client.set_terminated(run_id, status=before.status, end_time=before.end_time)
     log.info("logged model %s", info.model_uri)
     return info.model_uri
 

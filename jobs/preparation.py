@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import os
 import subprocess
@@ -56,7 +57,7 @@ def prepare_job(spec: JobSpec, env: JobEnvironment, *, extra_bundles: list[Bundl
         tags.TRAIN_MANIFEST: fingerprints["train"], tags.VAL_MANIFEST: fingerprints["val"],
         tags.WORLD_SIZE: str(spec.scaling.num_workers),
         tags.RAY_JOB_ID: ray.get_runtime_context().get_job_id(),
-        tags.RAY_SUBMISSION_ID: os.environ.get("RAY_JOB_SUBMISSION_ID", ""),
+        tags.RAY_SUBMISSION_ID: submission_id(),
     }
     return PreparedJob(spec=spec, env=env, train_manifest=manifest_url(spec.data.shards, "train"),
                        val_manifest=manifest_url(spec.data.shards, "val"), lineage=lineage)
@@ -151,6 +152,19 @@ def connect_ray(env: JobEnvironment) -> None:
     except ConnectionError as error:
         raise SpecError(f"no Ray cluster at {env.ray_address} (RAY_ADDRESS): {error}; start the local platform "
                         "(`isrn platform up`) or set RAY_ADDRESS") from None
+
+
+def submission_id() -> str:
+    """The Jobs API submission id of this driver (`isrn submit`), "" when not started by the Jobs API.
+
+    Ray hands it to the driver in the job config's metadata (`job_submission_id`, the key its own
+    dashboard uses to match drivers to submissions).
+    """
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return ""
+    return str((config.get("metadata") or {}).get("job_submission_id", ""))
 
 
 def is_local_platform() -> bool:

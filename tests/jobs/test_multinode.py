@@ -36,6 +36,17 @@ ISRN = [sys.executable, "-m", "jobs.cli"]
 EPOCHS, STEPS_PER_EPOCH = 3, 6   # smoke: 48 train images, batch 4, 2 workers
 
 
+def _own_disk() -> str:
+    """A temp dir of a node's own, as a node of a real cluster has its own disk: nodes sharing Ray's
+    session folder would delete each other's files when one is removed (the driver's working_dir).
+    Short: Ray's unix sockets live under it (107-byte limit)."""
+    return tempfile.mkdtemp(prefix="isrn-mn-", dir="/tmp")
+
+
+def add_worker_node(cluster):
+    return cluster.add_node(num_cpus=1, temp_dir=_own_disk())
+
+
 def _free_port() -> int:
     import socket
 
@@ -58,9 +69,10 @@ def cluster(local_platform):
     dashboard_port = _free_port()
     started = time.monotonic()
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port})
+        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port,
+        "temp_dir": _own_disk()})
     os.environ["RAY_ADDRESS"] = cluster.address  # the worker nodes' processes: this cluster, not the platform's
-    first = cluster.add_node(num_cpus=1)
+    first = add_worker_node(cluster)
     cluster.wait_for_nodes()
     try:
         yield {"cluster": cluster, "dashboard": f"http://127.0.0.1:{dashboard_port}", "nodes": [first],
@@ -80,14 +92,14 @@ def _job_client(address: str):
     return jobs_client(address)
 
 
-def _wait(what: str, predicate, timeout_s: float, poll_s: float = 1.0):
+def _wait(what: str, predicate, timeout_s: float, poll_s: float = 1.0, explain=lambda: ""):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{explain()}")
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +131,14 @@ def multinode_run(cluster, local_platform, local_s3, smoke_shards):
     job_id = "isrn-multinode-smoke"
 
     # 1. It waits for the cluster: one node of 1 CPU cannot hold two 1-CPU workers.
-    _wait("the job to wait for nodes", lambda: "waiting for nodes to be added" in client.get_job_logs(job_id), 180)
+    def job_state() -> str:
+        return f"job {client.get_job_status(job_id)}:\n{client.get_job_logs(job_id)[-4000:]}"
+
+    _wait("the job to wait for nodes", lambda: "waiting for nodes to be added" in client.get_job_logs(job_id), 300,
+          explain=job_state)
     assert str(client.get_job_status(job_id).value) == "RUNNING"
     waited_at = time.monotonic()
-    cluster["nodes"].append(ray_cluster.add_node(num_cpus=1))
+    cluster["nodes"].append(add_worker_node(ray_cluster))
 
     # 2. Training starts, every worker on a worker node.
     def workers():
@@ -149,7 +165,7 @@ def multinode_run(cluster, local_platform, local_s3, smoke_shards):
     lost_at = time.monotonic()
     ray_cluster.remove_node(victim, allow_graceful=False)
     cluster["nodes"].remove(victim)
-    cluster["nodes"].append(ray_cluster.add_node(num_cpus=1))
+    cluster["nodes"].append(add_worker_node(ray_cluster))
 
     status = _wait("the job to end", lambda: (s := str(client.get_job_status(job_id).value)) in
                    ("SUCCEEDED", "FAILED", "STOPPED") and s, 900, poll_s=2)

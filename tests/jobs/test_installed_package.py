@@ -82,7 +82,7 @@ def test_every_command_runs_from_any_folder(installed):
     assert status.returncode == 1 and "stopped" in status.stdout, status.stdout + status.stderr
 
 
-def test_the_image_entrypoint_runs_isrn_with_the_install(installed, local_platform):
+def test_the_image_entrypoint_runs_isrn_with_the_install(installed, local_platform, smoke_shards):
     assert "Commands:" in run(installed, *image_command_line([])).stdout  # CMD: --help
     out = run(installed, *image_command_line(["train", "smoke", "--dry-run"]))
     assert out.stdout.startswith("name: smoke")
@@ -90,5 +90,6 @@ def test_the_image_entrypoint_runs_isrn_with_the_install(installed, local_platfo
     env = {**local_platform.config.client_env(), "ISRN_STATE_DIR": str(local_platform.state)}
     listed = run(installed, *image_command_line(["jobs", "list", "--json"]), env=env)
     assert isinstance(json.loads(listed.stdout), list)
-    status = run(installed, *image_command_line(["platform", "status", "--json"]), env=env)
-    assert all(service["healthy"] for service in json.loads(status.stdout))
+    shards = run(installed, *image_command_line(["shards", "inspect", "s3://isrn-shards/test-smoke", "--json"]),
+                 env=env)
+    assert json.loads(shards.stdout)["splits"]["train"]["images"] == 48

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 from data_shards.storage import S3Settings
 from jobs.local_platform.config import PlatformConfig, load_platform_config
+from jobs.ray_auth import auth_env_for, use_token_auth
 
 STATIC_S3_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -33,6 +34,9 @@ class JobEnvironment:
     """HTTP address of the Ray Jobs API (dashboard)."""
     local: PlatformConfig
     """The local platform's configuration (its state directory tells whether it runs)."""
+    ray_auth: dict[str, str] = dataclasses.field(default_factory=dict)
+    """What Ray clients need to authenticate (jobs/ray_auth.py): the user's variables, else the
+    running local platform's token."""
 
     @classmethod
     def resolve(cls, environ: Mapping[str, str] | None = None) -> "JobEnvironment":
@@ -46,14 +50,20 @@ class JobEnvironment:
         else:
             s3 = S3Settings(endpoint_url=local.s3_endpoint, access_key=local.s3.access_key,
                             secret_key=local.s3.secret_key, region=local.s3.region)
-        ray_address = environ.get("RAY_ADDRESS") or (local.ray_gcs_address if platform.is_running("ray") else "auto")
+        ray_running = platform.is_running("ray")
+        ray_address = environ.get("RAY_ADDRESS") or (local.ray_gcs_address if ray_running else "auto")
         return cls(
+            ray_auth=auth_env_for(local.ray_token_path if ray_running else None, environ),
             s3=s3,
             mlflow_uri=environ.get("MLFLOW_TRACKING_URI") or local.mlflow_uri,
             ray_address=ray_address,
             api_server=environ.get("RAY_API_SERVER_ADDRESS") or local.ray_dashboard_url,
             local=local,
         )
+
+    def use_ray_auth(self) -> None:
+        """Make this process's Ray clients authenticate (before `ray.init` or a Jobs API client)."""
+        use_token_auth(self.ray_auth)
 
     def export_s3(self) -> None:
         """Put the S3 settings into this process's environment, for the libraries that read it

@@ -142,6 +142,7 @@ def connect_ray(env: JobEnvironment) -> None:
 
     if ray.is_initialized():
         return
+    env.use_ray_auth()
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
         # A driver started by the Jobs API (`isrn submit`): it runs inside the job's runtime
         # environment, and Ray refuses a second one.

@@ -146,9 +146,12 @@ def s3_env(local_s3: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> S3Endpoint:
 @pytest.fixture
 def platform_env(local_platform: Platform, monkeypatch: pytest.MonkeyPatch) -> Platform:
     """Every client variable of the local platform (S3, MLflow, Ray) set in this test's environment."""
+    from jobs.ray_auth import use_token_auth
+
     for name, value in local_platform.config.client_env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("ISRN_STATE_DIR", str(local_platform.state))
+    use_token_auth({})  # Ray caches the authentication mode per process: read the variables again
     return local_platform
 
 

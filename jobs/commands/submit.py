@@ -25,7 +25,9 @@ def _client(address: str | None):
     from jobs.environment import JobEnvironment
     from jobs.submission import jobs_client, submission_address
 
-    address = submission_address(address, JobEnvironment.resolve().api_server)
+    env = JobEnvironment.resolve()
+    env.use_ray_auth()
+    address = submission_address(address, env.api_server)
     try:
         return jobs_client(address), address
     except Exception as error:  # noqa: BLE001 - Ray raises several types for an unreachable or refusing server

@@ -63,7 +63,10 @@ class RayConfig(Section):
     runtime_env_agent_port: int = 52367
     num_cpus: int | None = None
     """CPUs the head offers to Train workers; None: all cores of the machine."""
-    auth_mode: Literal["disabled", "token"] = "disabled"
+    auth_mode: Literal["disabled", "token"] = "token"
+    """Ray's token authentication. Its GCS, raylets and Ray Client server listen beyond loopback, so
+    without a token anyone who reaches this machine could run code on it; the token is made by
+    `isrn platform up` and kept in the state directory (jobs/ray_auth.py)."""
 
 
 class PlatformConfig(Section):
@@ -77,6 +80,11 @@ class PlatformConfig(Section):
     @property
     def state_path(self) -> Path:
         return (self.state_dir.expanduser() if self.state_dir else default_state_dir()).absolute()
+
+    @property
+    def ray_token_path(self) -> Path:
+        """The local head's Ray auth token (owner-only), made by `isrn platform up`."""
+        return self.state_path / "ray-auth-token"
 
     @property
     def s3_endpoint(self) -> str:
@@ -120,6 +128,7 @@ class PlatformConfig(Section):
             "RAY_ADDRESS": self.ray_gcs_address,
             "RAY_API_SERVER_ADDRESS": self.ray_dashboard_url,
             "RAY_AUTH_MODE": self.ray.auth_mode,
+            **({"RAY_AUTH_TOKEN_PATH": str(self.ray_token_path)} if self.ray.auth_mode == "token" else {}),
             "ISRN_SHARDS_BUCKET": self.s3.bucket_shards,
             "ISRN_CHECKPOINTS_BUCKET": self.s3.bucket_checkpoints,
             "ISRN_MLFLOW_BUCKET": self.s3.bucket_mlflow,

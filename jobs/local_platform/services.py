@@ -72,9 +72,9 @@ def _venv_bin(name: str) -> str:
     return found
 
 
-def _http_ok(url: str, timeout_s: float = 2.0) -> str | None:
+def _http_ok(url: str, timeout_s: float = 2.0, headers: dict[str, str] | None = None) -> str | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout_s) as response:
             return None if response.status == 200 else f"HTTP {response.status} from {url}"
     except (urllib.error.URLError, OSError) as error:
         return f"{url}: {getattr(error, 'reason', error)}"
@@ -208,7 +208,9 @@ class Platform:
             command.append(f"--num-cpus={r.num_cpus}")
         command.append(f"--labels={PLATFORM_LABEL}={self.platform_id}")
         env = {"RAY_AUTH_MODE": r.auth_mode, "RAY_USAGE_STATS_ENABLED": "0", **c.service_env()}
-        health = lambda: _http_ok(f"{c.ray_dashboard_url}/api/version")  # noqa: E731
+        if r.auth_mode == "token":
+            env["RAY_AUTH_TOKEN_PATH"] = str(c.ray_token_path)
+        health = lambda: _http_ok(f"{c.ray_dashboard_url}/api/version", headers=self._ray_auth_header())  # noqa: E731
         return _Service("ray", c.ray_dashboard_url, ports, command, env, health, 120.0)
 
     def _services(self) -> dict[str, _Service]:
@@ -221,6 +223,23 @@ class Platform:
             return (self.state / "platform-id").read_text().strip() or None
         except FileNotFoundError:
             return None
+
+    def _ray_auth_header(self) -> dict[str, str]:
+        try:
+            return {"Authorization": f"Bearer {self.config.ray_token_path.read_text().strip()}"}
+        except FileNotFoundError:
+            return {}
+
+    def _ensure_ray_token(self) -> None:
+        """A random token, readable by the owner only, made once per state directory."""
+        path = self.config.ray_token_path
+        if self.config.ray.auth_mode != "token" or path.is_file():
+            return
+        import secrets
+
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
 
     def _ensure_platform_id(self) -> None:
         if self.platform_id is None:
@@ -266,6 +285,7 @@ class Platform:
         for directory in (self.run_dir, self.log_dir, self.state / "s3", self.state / "mlflow"):
             directory.mkdir(parents=True, exist_ok=True)
         self._ensure_platform_id()
+        self._ensure_ray_token()
         services = self._services()
         for name in (n for n in SERVICE_ORDER if n in only):
             service = services[name]

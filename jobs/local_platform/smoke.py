@@ -34,6 +34,9 @@ def run_smoke(config: PlatformConfig) -> str:
     s3_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
+    from jobs.ray_auth import auth_env_for, use_token_auth
+
+    use_token_auth(auth_env_for(config.ray_token_path, {}))
     ray.init(address=config.ray_gcs_address, log_to_driver=False, logging_level=logging.WARNING)
     try:
         square = ray.remote(lambda x: x * x)

@@ -61,9 +61,12 @@ def cluster(local_platform):
     platform's S3 and MLflow (what a Kubernetes Secret and ConfigMap give pods)."""
     from ray.cluster_utils import Cluster
 
+    from jobs.ray_auth import use_token_auth
+
     node_env = {**local_platform.config.service_env(), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     saved = {name: os.environ.get(name) for name in [*node_env, "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"]}
     os.environ.update(node_env)
+    use_token_auth({})  # this process too: the cluster's nodes run without tokens
     os.environ.pop("RAY_ADDRESS", None)  # the head must not inherit the local platform's address
     os.environ.pop("RAY_API_SERVER_ADDRESS", None)
     dashboard_port = _free_port()
@@ -213,7 +216,10 @@ def test_no_secret_leaves_where_it_is_configured(multinode_run, local_platform, 
             body = s3.get_object(Bucket="isrn-checkpoints", Key=obj["Key"])["Body"].read()
             assert secret not in body, obj["Key"]
             counts["checkpoint objects"] += 1
-    cluster_client = multinode_run["client"]
+    from jobs.ray_auth import auth_env_for, use_token_auth
+
+    cluster_client = multinode_run["client"]  # made for the cluster, which takes no token
+    use_token_auth(auth_env_for(local_platform.config.ray_token_path, {}))
     platform_client = JobSubmissionClient(local_platform.config.ray_dashboard_url)
     for client in (cluster_client, platform_client):
         for job in client.list_jobs():

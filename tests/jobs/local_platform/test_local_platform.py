@@ -130,3 +130,82 @@ def test_config_env_overrides_and_unknown_keys(tmp_path):
         load_platform_config(bad, environ={})
     with pytest.raises(ValueError, match=r"mlflow\.port"):
         load_platform_config(environ={"ISRN_MLFLOW_PORT": "five"})
+
+
+# ---- no way in without a key (issue 13) -------------------------------------------------------------
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+# A method each of Ray's gRPC servers registers: GCS, raylet, object manager, Ray Client, dashboard
+# agent. Token auth checks registered methods; an unknown one answers UNIMPLEMENTED either way.
+RAY_METHODS = ("/ray.rpc.NodeInfoGcsService/GetClusterId", "/ray.rpc.NodeManagerService/GetNodeStats",
+               "/ray.rpc.ObjectManagerService/FreeObjects", "/ray.rpc.RayletDriver/ClusterInfo",
+               "/ray.rpc.ReporterService/GetProfilingStats", "/ray.rpc.LogService/ListLogs")
+
+
+def _stack_listeners(platform: Platform) -> list[tuple[str, str, int]]:
+    """(service, bound address, port) of every listening socket of the stack's processes."""
+    import os
+
+    sessions = {platform._running_pid(name): name for name in ("s3", "mlflow", "ray")}
+    found = set()
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status != psutil.CONN_LISTEN or not conn.pid:
+            continue
+        try:
+            service = sessions.get(os.getsid(conn.pid))
+        except (ProcessLookupError, PermissionError):
+            continue
+        if service:
+            found.add((service, conn.laddr.ip, conn.laddr.port))
+    return sorted(found)
+
+
+def _answer_without_token(port: int) -> str:
+    """How the server on 127.0.0.1:`port` answers a client without the token."""
+    import grpc
+    import requests
+
+    try:
+        response = requests.get(f"http://127.0.0.1:{port}/api/version", timeout=3)
+        if response.status_code in (401, 403):
+            return "refused"
+        if response.headers.get("Content-Type", "").startswith("text/plain; version=0.0.4"):
+            return "metrics"  # Prometheus exposition: read-only numbers
+        return f"answered HTTP {response.status_code}"
+    except requests.RequestException:
+        pass  # not HTTP
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        for method in RAY_METHODS:
+            try:
+                channel.unary_unary(method)(b"", timeout=5)
+                return f"answered {method}"
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    return "refused"
+                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    return f"answered {method}: {error.code().name}"
+    return "no known method"
+
+
+def test_nothing_beyond_loopback_lets_a_client_in_without_the_token(local_platform):
+    """Every listening socket of the stack is bound to loopback, or refuses a client that has no
+    token (tried on 127.0.0.1 only). Ray rewrites 127.0.0.1 to the machine's address for its GCS,
+    raylets and Ray Client server, which is why the head runs with token authentication; its
+    Prometheus endpoints (read-only numbers) are the one kind that answers."""
+    token = local_platform.config.ray_token_path
+    assert token.is_file() and oct(token.stat().st_mode & 0o777) == "0o600"
+    listeners = _stack_listeners(local_platform)
+    exposed = [(service, address, port) for service, address, port in listeners if address not in LOOPBACK]
+    assert {s for s, _, _ in listeners} == {"s3", "mlflow", "ray"} and exposed
+    assert {s for s, _, _ in exposed} == {"ray"}, exposed  # SeaweedFS and MLflow: loopback only
+    answers = {}
+    for _, address, port in exposed:
+        if address in ("0.0.0.0", "::") or address.startswith("::ffff:") is False and ":" in address:
+            answers[port] = _answer_without_token(port)  # reachable on loopback too
+        else:
+            answers[port] = "bound to the machine's address only: not probed (loopback probes only)"
+    wrong = {port: answer for port, answer in answers.items() if answer not in ("refused", "metrics")
+             and not answer.startswith("bound to")}
+    assert not wrong, answers
+    assert list(answers.values()).count("refused") >= 3, answers  # GCS, raylet, Ray Client at least
+    print(f"\nlistening sockets: {len(listeners)}, beyond loopback: {len(exposed)}: {answers}")

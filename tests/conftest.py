@@ -23,6 +23,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("ISRN_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fault campaign (tests/jobs/test_fault_campaign.py) runs only when asked: `-m campaign`."""
+    if "campaign" in (config.getoption("markexpr") or ""):
+        return
+    campaign = [item for item in items if item.get_closest_marker("campaign")]
+    if campaign:
+        config.hook.pytest_deselected(items=campaign)
+        items[:] = [item for item in items if not item.get_closest_marker("campaign")]
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct free TCP ports on 127.0.0.1 whose +10000 neighbour is free too.
 

@@ -117,15 +117,10 @@ class PlatformConfig(Section):
         }
 
     def client_env(self) -> dict[str, str]:
-        """Environment variables that point boto3, pyarrow, MLflow and Ray clients at this platform."""
+        """Environment variables that point boto3, pyarrow, MLflow and Ray clients at this platform:
+        the head's own (ray.init() takes the GCS address), the Jobs API's HTTP address and the token."""
         return {
-            "AWS_ENDPOINT_URL": self.s3_endpoint,
-            "AWS_ACCESS_KEY_ID": self.s3.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
-            "AWS_DEFAULT_REGION": self.s3.region,
-            "MLFLOW_TRACKING_URI": self.mlflow_uri,
-            # ray.init() takes the GCS address; the Jobs API (`ray job`, `isrn submit`) the HTTP one.
-            "RAY_ADDRESS": self.ray_gcs_address,
+            **self.service_env(),
             "RAY_API_SERVER_ADDRESS": self.ray_dashboard_url,
             "RAY_AUTH_MODE": self.ray.auth_mode,
             **({"RAY_AUTH_TOKEN_PATH": str(self.ray_token_path)} if self.ray.auth_mode == "token" else {}),

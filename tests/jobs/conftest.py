@@ -21,6 +21,15 @@ from jobs import tags as T
 from jobs.local_platform import Platform
 
 
+@pytest.fixture
+def ray_shutdown():
+    """Disconnect this process from Ray after a test that trained in-process."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def local_mlflow(_session_platform: Platform) -> Platform:
     """The session's S3 and MLflow server; promotion needs no Ray head."""

@@ -24,24 +24,13 @@ import pytest
 
 from jobs.spec import load_spec
 from jobs.train.driver import run_training
+from tests.jobs.helpers import metric_history as _history
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.campaign]
 
 STEPS_PER_EPOCH, EPOCHS, EVERY = 6, 4, 2   # smoke: 48 train images, batch 4, 2 workers
 CHECKPOINTS = sorted({s for s in range(EVERY, STEPS_PER_EPOCH * EPOCHS + 1, EVERY)} |
                      {STEPS_PER_EPOCH * e for e in range(1, EPOCHS + 1)})
-
-
-@pytest.fixture
-def ray_shutdown():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
-def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
 def _final_weights(result, local_s3):
@@ -89,23 +78,30 @@ def test_ten_kills_in_a_row(platform_env, local_s3, smoke_shards, ray_shutdown, 
           f"({'bitwise equal' if all(torch.equal(a[k], b[k]) for k in a) else 'within tolerance'})")
 
 
+def _train_in_background(spec, client, min_steps: int) -> tuple[threading.Thread, dict]:
+    """`run_training(spec)` in a thread; returns once its MLflow run has logged `min_steps` steps."""
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=run_training(spec)), daemon=True)
+    thread.start()
+    started = time.monotonic()
+    while time.monotonic() - started < 300:
+        experiment = client.get_experiment_by_name("isrn-smoke")
+        runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'",
+                                  max_results=1) if experiment else []
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= min_steps:
+            break
+        time.sleep(0.5)
+    return thread, outcome
+
+
 def test_s3_down_while_checkpoints_upload(platform_env, local_s3, smoke_shards, ray_shutdown):
     from mlflow.tracking import MlflowClient
 
     spec = load_spec("smoke", [*smoke_shards, "train.epochs=3", "checkpoint.every_steps=1", "scaling.max_failures=5",
                                "train.log_every_steps=1"])
     client = MlflowClient(platform_env.config.mlflow_uri)
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=run_training(spec)), daemon=True)
-    thread.start()
-    started = time.monotonic()
     # Once training has logged a few steps, S3 goes away for 8 s (checkpoints upload every step).
-    while time.monotonic() - started < 300:
-        runs = client.search_runs([client.get_experiment_by_name("isrn-smoke").experiment_id],
-                                  "attributes.status = 'RUNNING'", max_results=1)
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 3:
-            break
-        time.sleep(0.5)
+    thread, outcome = _train_in_background(spec, client, min_steps=3)
     local_s3.stop()
     time.sleep(8)
     local_s3.start()
@@ -126,16 +122,7 @@ def test_mlflow_down_mid_run(platform_env, local_platform, smoke_shards, ray_shu
 
     spec = load_spec("smoke", [*smoke_shards, "train.epochs=3", "train.log_every_steps=1"])
     client = MlflowClient(platform_env.config.mlflow_uri)
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=run_training(spec)), daemon=True)
-    thread.start()
-    started = time.monotonic()
-    while time.monotonic() - started < 300:
-        runs = client.search_runs([client.get_experiment_by_name("isrn-smoke").experiment_id],
-                                  "attributes.status = 'RUNNING'", max_results=1)
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2:
-            break
-        time.sleep(0.5)
+    thread, outcome = _train_in_background(spec, client, min_steps=2)
     local_platform.down(only=("mlflow",))
     down = time.monotonic()
     time.sleep(20)

@@ -7,6 +7,7 @@ import pytest
 
 from jobs.spec import SpecError, load_spec
 from jobs.train.driver import run_training
+from tests.jobs.helpers import metric_history as _history
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -16,16 +17,6 @@ def smoke_overrides(smoke_shards):
     return smoke_shards
 
 
-@pytest.fixture
-def ray_shutdown():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
-def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
 def test_two_worker_ddp_run_is_tracked_checkpointed_and_detects(platform_env, local_s3, smoke_overrides, ray_shutdown):

@@ -2,8 +2,9 @@
 
 A sample is a raw webdataset dict (``__key__``, ``__url__``, ``jpg``, ``json``); :func:`decode_sample`
 turns it into a BGR image and its JSON record, :func:`face_boxes` into xyxy pixel boxes. Batches are
-built in the dataloader workers (uint8, a quarter of the bytes through shared memory) and turned
-into float32 in the receiving process (:func:`as_float`).
+built in the dataloader workers (uint8, a quarter of the bytes through shared memory; training
+batches in reused buffers, :mod:`data_shards.batch_buffers`) and turned into float32 in the
+receiving process (:func:`as_float`).
 """
 
 from __future__ import annotations

@@ -158,39 +158,43 @@ def measure(args: argparse.Namespace, settings: S3Settings, bucket: str) -> None
 
         print(f"\nimages/s, {args.width} px JPEGs -> {args.image_size}² crops, batch {cfg.batch_size}, "
               f"shuffle buffer {cfg.shuffle_buffer}; {args.repeats} interleaved repetitions")
-        print(f"{'':36s} {'median':>8s} {'min':>8s} {'max':>8s}")
-        names = {"limit": "limit (in-memory JPEG, 1 core)", "local": "loader, local shards, 1 worker",
-                 "s3": "loader, S3, 1 worker"}
-        for key, name in names.items():
-            values = sorted(r[key] for r in rows)
-            print(f"{name:36s} {np.median(values):8.1f} {values[0]:8.1f} {values[-1]:8.1f}")
-        print()
-        for label, (num, den), target in (("local / limit", ("local", "limit"), None),
-                                          ("s3 / limit", ("s3", "limit"), TARGET),
-                                          ("s3 / local", ("s3", "local"), TARGET)):
-            print(f"{label:14s} {summarise([r[num] / r[den] for r in rows], target)}")
-
+        print_rates(rows)
         register_s3_opener(settings)
         local_shards = shard_urls(local_manifest, read_manifest(local_manifest))
         s3_shards = shard_urls(s3_manifest, read_manifest(s3_manifest, settings))
-        cv2.setNumThreads(1)
-        stages = stage_profile(samples, cfg, local_shards, s3_shards)
-        loader_ms = 1000 / float(np.median([r["local"] for r in rows]))
-        s3_ms = 1000 / float(np.median([r["s3"] for r in rows]))
-        limit_ms = 1000 / float(np.median([r["limit"] for r in rows]))
-        print(f"\nWhere one worker's time per image goes (ms; 100 % = the loader over local shards, "
-              f"{loader_ms:.2f} ms/image):")
-        local_stages = {k: v for k, v in stages.items() if not k.startswith("S3")}
-        for name, ms in local_stages.items():
-            print(f"  {name:44s} {ms:6.2f}  {ms / loader_ms:6.1%}")
-        rest = loader_ms - sum(local_stages.values())
-        print(f"  {'not in the stages: hand-over to the trainer,':44s} {rest:6.2f}  {rest / loader_ms:6.1%}")
-        print(f"  {'  process switching, other load':44s}")
-        print(f"  the limit's work (decode, augment, layout) {limit_ms:6.2f}  {limit_ms / loader_ms:6.1%}")
-        s3_extra = stages["S3 reads (boto3 stream) beyond local"]
-        print(f"S3: the loader took {s3_ms - loader_ms:+.2f} ms/image over local shards; reading the shards "
-              f"through the boto3 opener costs {s3_extra:+.2f} ms/image more than local files in this process "
-              f"(the S3 server runs on the same cores)")
+        print_profile(stage_profile(samples, cfg, local_shards, s3_shards), rows)
+
+
+def print_rates(rows: list[dict[str, float]]) -> None:
+    print(f"{'':36s} {'median':>8s} {'min':>8s} {'max':>8s}")
+    names = {"limit": "limit (in-memory JPEG, 1 core)", "local": "loader, local shards, 1 worker",
+             "s3": "loader, S3, 1 worker"}
+    for key, name in names.items():
+        values = sorted(r[key] for r in rows)
+        print(f"{name:36s} {np.median(values):8.1f} {values[0]:8.1f} {values[-1]:8.1f}")
+    print()
+    for label, (num, den), target in (("local / limit", ("local", "limit"), None),
+                                      ("s3 / limit", ("s3", "limit"), TARGET),
+                                      ("s3 / local", ("s3", "local"), TARGET)):
+        print(f"{label:14s} {summarise([r[num] / r[den] for r in rows], target)}")
+
+
+def print_profile(stages: dict[str, float], rows: list[dict[str, float]]) -> None:
+    """The stages against the loader's measured milliseconds per image (the medians of `rows`)."""
+    loader_ms, s3_ms, limit_ms = (1000 / float(np.median([r[k] for r in rows])) for k in ("local", "s3", "limit"))
+    print(f"\nWhere one worker's time per image goes (ms; 100 % = the loader over local shards, "
+          f"{loader_ms:.2f} ms/image):")
+    local_stages = {k: v for k, v in stages.items() if not k.startswith("S3")}
+    for name, ms in local_stages.items():
+        print(f"  {name:44s} {ms:6.2f}  {ms / loader_ms:6.1%}")
+    rest = loader_ms - sum(local_stages.values())
+    print(f"  {'not in the stages: hand-over to the trainer,':44s} {rest:6.2f}  {rest / loader_ms:6.1%}")
+    print(f"  {'  process switching, other load':44s}")
+    print(f"  the limit's work (decode, augment, layout) {limit_ms:6.2f}  {limit_ms / loader_ms:6.1%}")
+    s3_extra = stages["S3 reads (boto3 stream) beyond local"]
+    print(f"S3: the loader took {s3_ms - loader_ms:+.2f} ms/image over local shards; reading the shards "
+          f"through the boto3 opener costs {s3_extra:+.2f} ms/image more than local files in this process "
+          f"(the S3 server runs on the same cores)")
 
 
 def main() -> None:

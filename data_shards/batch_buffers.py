@@ -2,12 +2,12 @@
 
 A tensor a dataloader worker returns travels to the training process through shared memory:
 PyTorch copies it into a new segment for every batch, and the kernel allocates, zeroes and maps
-every page of that segment on first touch. For one 8 × 3 × 640² uint8 batch (9.8 MB) that cost a
-worker ~14 ms of its ~95 ms per batch on this machine (py-spy: `UntypedStorage._share_fd_cpu_` in
-the queue's feeder thread; bench/loader_throughput.py prints the loader's share of the decode
-limit). A worker here writes each batch straight into a buffer that already lives in shared
-memory and was handed back, so the pages are mapped once per worker, and the queue sends only
-the buffer's file descriptor.
+every page of that segment on first touch. For one 8 × 3 × 640² uint8 batch (9.8 MB) a worker
+spent ~22 ms of CPU on batching and that copy (py-spy: `UntypedStorage._share_fd_cpu_` in the
+queue's feeder thread), against ~55 ms to decode and augment the 8 images. A worker here writes
+each batch straight into a buffer that already lives in shared memory and was handed back (~8 ms
+per batch): the pages are mapped once per worker, and the queue sends only the buffer's file
+descriptor. bench/loader_throughput.py prints the loader's share of the decode limit.
 
     buffers = BatchBuffers(capacity=4)              # in the worker
     images = buffers.take((8, 3, 640, 640))         # uint8, shared, released by the trainer

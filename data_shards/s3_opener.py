@@ -6,8 +6,9 @@ read by boto3 with the platform's credentials instead of through a ``pipe:`` to 
 
 The body is read by a background thread a few chunks ahead of the tar parser, so the dataloader
 worker decodes while the next megabytes arrive instead of stalling on every buffer refill (socket
-reads release the GIL). bench/loader_throughput.py: a synchronous read waited ~0.35 ms per image
-on the local SeaweedFS, about 5 % of a worker's time; on a real S3 each refill waits longer.
+reads release the GIL). Measured with the local SeaweedFS: a synchronous read waited ~0.35 ms per
+image beyond its CPU time, about 5 % of a worker's ~7 ms per image; on a real S3 each refill waits
+longer.
 
 boto3 clients are not fork-safe, so the module keeps one client per process id and
 :func:`reset_clients` drops them in a new dataloader worker.

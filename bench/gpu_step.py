@@ -18,7 +18,7 @@ convention: backward costs twice the forward), times the batch. The peak comes f
 by device name, or `--peak-tflops`.
 
 Two host-side figures put the step in context: the hand-over of one loader batch to the GPU as the
-training loop does it now (`as_float` on the CPU, then a pageable copy to the device), and the
+training loop does it now (`received`: float32 on the CPU, then a pageable copy to the device), and the
 data-loader limit per GPU: one core's decode-and-augment rate at `--size`² (bench/loader_throughput.py's
 `limit`) × this machine's cores / its GPUs, against what the fastest configuration consumes.
 """
@@ -105,14 +105,14 @@ def time_config(spec: JobSpec, batch: dict, device: torch.device, name: str, ste
 
 def hand_over_s(batch: int, size: int, device: torch.device, repeats: int = 5) -> float:
     """Seconds to turn one uint8 loader batch into float32 on the device, as the loop does now."""
-    from data_shards.samples import as_float
+    from data_shards.samples import received
     from jobs.train.steps import to_device
 
     uint8 = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        to_device(as_float({"images": uint8.clone(), "targets": []}), device)
+        to_device(received({"images": uint8.clone(), "targets": []}), device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
@@ -140,7 +140,7 @@ def decode_rate_per_core(size: int, images: int = 32) -> float:
         samples = samples_of(shard_urls(url, read_manifest(url)))
     cfg = LoaderConfig(batch_size=4, augment=AugmentConfig(out_size=size))
     limit(samples[:4], cfg)  # warm caches
-    return limit(samples, cfg)
+    return limit(samples, cfg).images_per_s
 
 
 def main() -> None:

@@ -12,10 +12,13 @@ Generated WIDER-like JPEGs (1024 px wide) are sharded twice, into a local folder
     local   the training loader over the local shards, 1 dataloader worker
     s3      the same loader streaming the same shards from S3 through the boto3 opener, 1 worker
 The ratios of each repetition (local / limit, s3 / limit, s3 / local) are printed as median, min
-and max (target >= 0.95 for s3 / limit and s3 / local). Then a profile: one worker's milliseconds
-per image, stage by stage (manual timers over the same samples), against the loader's measured
-time per image; what the stages do not account for is the hand-over to the trainer and process
-scheduling.
+and max (target >= 0.95 for s3 / limit and s3 / local). The CPU time per image of the limit, of the
+loader's worker and of the process receiving its batches is printed too: the limit's CPU over the
+worker's is the share of the limit the loader reaches when a core is free for the receiving
+process, and CPU time is little affected by other load on the machine. Then a profile: one
+worker's milliseconds per image, stage by stage (manual timers over the same samples), against the
+loader's measured time per image; what the stages do not account for is the hand-over to the
+trainer and process scheduling.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 
 from harness import private_platform, s3_settings, summarise
 from data_shards.augment import TrainTransform, photometric, sample_train_transform
@@ -52,12 +56,22 @@ def samples_of(shards: list[str]) -> list[dict]:
     return [s for s in wds.DataPipeline(wds.SimpleShardList(shards), wds.tarfile_to_samples()) if "__key__" in s]
 
 
-def limit(samples: list[dict], cfg: LoaderConfig) -> float:
-    """Images/s of one worker's per-image work on in-memory samples, in this process (module docstring)."""
+@dataclasses.dataclass(frozen=True)
+class Rate:
+    images_per_s: float
+    worker_cpu_ms: float
+    """CPU milliseconds per image of the process(es) doing the work: this one for the limit, the
+    dataloader workers for the loader. CPU time is little affected by other load on the machine."""
+    trainer_cpu_ms: float = 0.0
+    """CPU milliseconds per image of the process receiving the loader's batches (uint8 -> float32)."""
+
+
+def limit(samples: list[dict], cfg: LoaderConfig) -> Rate:
+    """One worker's per-image work on in-memory samples, in this process (module docstring)."""
     rng, aug = np.random.default_rng(0), cfg.augment
     buffers = BatchBuffers(capacity=1)
     shape = (cfg.batch_size, 3, aug.out_size, aug.out_size)
-    start, batch = time.perf_counter(), buffers.take(shape)
+    start, cpu, batch = time.perf_counter(), time.process_time(), buffers.take(shape)
     for index, sample in enumerate(samples):
         image, record = decode_sample(sample)
         boxes = face_boxes(record, cfg.keep_invalid)
@@ -67,17 +81,35 @@ def limit(samples: list[dict], cfg: LoaderConfig) -> float:
         if index % cfg.batch_size == cfg.batch_size - 1:
             release(batch)
             batch = buffers.take(shape)
-    return len(samples) / (time.perf_counter() - start)
+    n = len(samples)
+    return Rate(n / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / n)
 
 
-def loader_rate(url: str, cfg: LoaderConfig, settings: S3Settings | None) -> float:
-    """Images/s of the training loader after its first batch (worker start-up and first shard excluded)."""
+def _dataloader_workers() -> list[psutil.Process]:
+    """This process's live dataloader workers: the children of its multiprocessing fork server."""
+    me = psutil.Process()
+    servers = [c for c in me.children() if "multiprocessing.forkserver" in " ".join(c.cmdline())]
+    return [w for server in servers for w in server.children()]
+
+
+def _cpu_s(processes: list[psutil.Process]) -> float:
+    return sum(t.user + t.system for t in (p.cpu_times() for p in processes))
+
+
+def loader_rate(url: str, cfg: LoaderConfig, settings: S3Settings | None) -> Rate:
+    """The training loader after its first batch (worker start-up and first shard excluded); the
+    last batch is left out of the CPU times (the workers exit with it)."""
     batches = iter(make_train_loader(url, cfg, settings=settings))
     next(batches)
-    start, n = time.perf_counter(), 0
-    for batch in batches:
-        n += len(batch["targets"])
-    return n / (time.perf_counter() - start)
+    workers = _dataloader_workers()
+    start, cpu, workers_cpu, n = time.perf_counter(), time.process_time(), _cpu_s(workers), 0
+    for _ in range(cfg.batches_per_epoch - 2):
+        n += len(next(batches)["targets"])
+    rate, trainer_ms = n / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / n
+    worker_ms = 1000 * (_cpu_s(workers) - workers_cpu) / n
+    for _ in batches:
+        pass
+    return Rate(rate, worker_ms, trainer_ms)
 
 
 def _ms_each(work: Callable[..., object], inputs: list[tuple]) -> float:
@@ -148,13 +180,13 @@ def measure(args: argparse.Namespace, settings: S3Settings, bucket: str) -> None
         cfg = LoaderConfig(batch_size=8, augment=AugmentConfig(out_size=args.image_size), num_workers=1,
                            shuffle_buffer=64, batches_per_epoch=args.batches)
         limit(samples[:16], cfg)  # warm caches
-        rows: list[dict[str, float]] = []
+        rows: list[dict[str, Rate]] = []
         for repeat in range(args.repeats):
             row = {"limit": limit(samples, cfg), "local": loader_rate(local_manifest, cfg, settings),
                    "s3": loader_rate(s3_manifest, cfg, settings)}
             rows.append(row)
-            print(f"repetition {repeat + 1}/{args.repeats}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items())
-                  + " images/s")
+            print(f"repetition {repeat + 1}/{args.repeats}: " + ", ".join(
+                f"{k} {v.images_per_s:.1f}" for k, v in row.items()) + " images/s")
 
         print(f"\nimages/s, {args.width} px JPEGs -> {args.image_size}² crops, batch {cfg.batch_size}, "
               f"shuffle buffer {cfg.shuffle_buffer}; {args.repeats} interleaved repetitions")
@@ -165,23 +197,33 @@ def measure(args: argparse.Namespace, settings: S3Settings, bucket: str) -> None
         print_profile(stage_profile(samples, cfg, local_shards, s3_shards), rows)
 
 
-def print_rates(rows: list[dict[str, float]]) -> None:
+def print_rates(rows: list[dict[str, Rate]]) -> None:
     print(f"{'':36s} {'median':>8s} {'min':>8s} {'max':>8s}")
     names = {"limit": "limit (in-memory JPEG, 1 core)", "local": "loader, local shards, 1 worker",
              "s3": "loader, S3, 1 worker"}
     for key, name in names.items():
-        values = sorted(r[key] for r in rows)
+        values = sorted(r[key].images_per_s for r in rows)
         print(f"{name:36s} {np.median(values):8.1f} {values[0]:8.1f} {values[-1]:8.1f}")
     print()
-    for label, (num, den), target in (("local / limit", ("local", "limit"), None),
-                                      ("s3 / limit", ("s3", "limit"), TARGET),
-                                      ("s3 / local", ("s3", "local"), TARGET)):
-        print(f"{label:14s} {summarise([r[num] / r[den] for r in rows], target)}")
+    ratios = (("local / limit", ("local", "limit"), None), ("s3 / limit", ("s3", "limit"), TARGET),
+              ("s3 / local", ("s3", "local"), TARGET))
+    for label, (num, den), target in ratios:
+        print(f"{label:14s} {summarise([r[num].images_per_s / r[den].images_per_s for r in rows], target)}")
+    print("\nCPU milliseconds per image (process CPU time: little affected by other load; with a core free for "
+          "the\ntrainer process, the loader's rate is the limit's CPU over its worker's):")
+    cpu = {key: float(np.median([r[key].worker_cpu_ms for r in rows])) for key in names}
+    print(f"  limit (this process)                  {cpu['limit']:6.2f}")
+    for key in ("local", "s3"):
+        print(f"  {names[key] + ' (its worker)':37s} {cpu[key]:6.2f}   limit / worker "
+              f"{summarise([r['limit'].worker_cpu_ms / r[key].worker_cpu_ms for r in rows], TARGET)}")
+    trainer = float(np.median([r["local"].trainer_cpu_ms for r in rows]))
+    print(f"  trainer process (receives, uint8 -> float32)   {trainer:6.2f}")
 
 
-def print_profile(stages: dict[str, float], rows: list[dict[str, float]]) -> None:
+def print_profile(stages: dict[str, float], rows: list[dict[str, Rate]]) -> None:
     """The stages against the loader's measured milliseconds per image (the medians of `rows`)."""
-    loader_ms, s3_ms, limit_ms = (1000 / float(np.median([r[k] for r in rows])) for k in ("local", "s3", "limit"))
+    loader_ms, s3_ms, limit_ms = (1000 / float(np.median([r[k].images_per_s for r in rows]))
+                                  for k in ("local", "s3", "limit"))
     print(f"\nWhere one worker's time per image goes (ms; 100 % = the loader over local shards, "
           f"{loader_ms:.2f} ms/image):")
     local_stages = {k: v for k, v in stages.items() if not k.startswith("S3")}

@@ -62,7 +62,7 @@ def main() -> None:
             for workers in (1, 2):
                 cfg = LoaderConfig(batch_size=8, augment=AugmentConfig(out_size=640), num_workers=workers,
                                    shuffle_buffer=64, batches_per_epoch=args.batches)
-                rates.setdefault(("loader", workers), []).append(loader_rate(s3_manifest, cfg, settings))
+                rates.setdefault(("loader", workers), []).append(loader_rate(s3_manifest, cfg, settings).images_per_s)
             for workers in (1, 2):
                 run = run_ray_train(specs[workers], env, f"bench-scaling-{workers}-{repeat}-{uuid.uuid4().hex[:6]}")
                 rates.setdefault(("train", workers), []).append(images_per_step(specs[workers]) / run.steady_step_s)

@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import torch
 import webdataset as wds
 
 from data_shards.augment import sample_train_transform
 from data_shards.batch_buffers import BatchBuffers, release, write_rgb_planes
 from data_shards.config import LoaderConfig
-from data_shards.samples import SkipCounter, as_float, decoded, face_boxes, open_split, web_loader, worker_slot
+from data_shards.samples import SkipCounter, decoded, face_boxes, open_split, received, web_loader, worker_slot
 from data_shards.storage import S3Settings
 
 
@@ -73,7 +72,7 @@ class _TrainSamples:
             if images is None:
                 images = buffers.take(shape)
             write_rgb_planes(transform.apply_image(image), images[len(keys)])
-            targets.append({"boxes": torch.from_numpy(transform.apply_boxes(boxes)[0])})
+            targets.append({"boxes": transform.apply_boxes(boxes)[0]})  # NumPy: see `received`
             keys.append(sample["__key__"])
             if len(keys) == cfg.batch_size:
                 yield {"images": images, "targets": targets, "keys": keys, "skipped": self.skipped.take()}
@@ -114,12 +113,12 @@ class TrainLoader:
         # reaches them, giving each epoch its own shard permutation and augmentation stream.
         self._source.epoch = self._next_epoch
         self._next_epoch += 1
-        return map(_as_float_and_release, self._loader)
+        return map(_received_and_release, self._loader)
 
 
-def _as_float_and_release(batch: dict[str, Any]) -> dict[str, Any]:
+def _received_and_release(batch: dict[str, Any]) -> dict[str, Any]:
     images = batch["images"]
-    batch = as_float(batch)
+    batch = received(batch)
     release(images)  # read: its worker may write the next batch into it
     return batch
 

@@ -2,8 +2,10 @@
 
 A sample is a raw webdataset dict (``__key__``, ``__url__``, ``jpg``, ``json``); :func:`decode_sample`
 turns it into a BGR image and its JSON record, :func:`face_boxes` into xyxy pixel boxes. Batches are
-built in the dataloader workers (uint8, a quarter of the bytes through shared memory) and turned
-into float32 in the receiving process (:func:`as_float`).
+built in the dataloader workers (uint8, a quarter of the bytes through shared memory; training
+batches in reused buffers, :mod:`data_shards.batch_buffers`), with their small arrays (boxes,
+scales, sizes) as NumPy, and turned into the loader's batch contract in the receiving process
+(:func:`received`).
 """
 
 from __future__ import annotations
@@ -100,15 +102,30 @@ def face_boxes(record: dict[str, Any], keep_invalid: bool = True) -> np.ndarray:
 def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     """BGR uint8 [H, W, 3] images of one size -> uint8 [B, 3, H, W] RGB.
 
-    Workers ship uint8 (a quarter of the bytes through shared memory); `as_float` makes the
+    Workers ship uint8 (a quarter of the bytes through shared memory); `received` makes the
     float32 images of the batch contract in the receiving process.
     """
     batch = np.stack(images)[..., ::-1]
     return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
 
 
-def as_float(batch: dict[str, Any]) -> dict[str, Any]:
+SMALL_ARRAYS = ("scales", "image_sizes", "valid")
+"""Per-image arrays of a val batch that workers send as NumPy, like every target's boxes."""
+
+
+def received(batch: dict[str, Any]) -> dict[str, Any]:
+    """A worker's batch as the batch contract states it (:mod:`data_shards.loader`), in the receiving process.
+
+    float32 images; tensors for the small arrays, which workers send as NumPy so that they travel
+    pickled with the batch: a tensor would be moved to a shared-memory segment of its own and
+    handed over as a file descriptor through a socket handshake, each (py-spy: ~0.5 ms of worker
+    CPU per image for 8 boxes tensors a batch, as much as the tar parsing).
+    """
     batch["images"] = batch["images"].float()
+    batch["targets"] = [{name: torch.as_tensor(value) for name, value in t.items()} for t in batch["targets"]]
+    for name in SMALL_ARRAYS:
+        if name in batch:
+            batch[name] = torch.as_tensor(batch[name])
     return batch
 
 

@@ -15,14 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import torch
 import webdataset as wds
 
 from data_shards.augment import sample_train_transform
+from data_shards.batch_buffers import BatchBuffers, release, write_rgb_planes
 from data_shards.config import LoaderConfig
-from data_shards.samples import (
-    SkipCounter, as_float, decoded, face_boxes, open_split, to_tensor, web_loader, worker_slot,
-)
+from data_shards.samples import SkipCounter, decoded, face_boxes, open_split, received, web_loader, worker_slot
 from data_shards.storage import S3Settings
 
 
@@ -44,7 +42,12 @@ class _TrainShards:
 
 
 class _TrainSamples:
-    """Pipeline stage: shuffle buffer, decode, augment, batch (in the worker)."""
+    """Pipeline stage: shuffle buffer, decode, augment, batch (in the worker).
+
+    Each augmented image goes straight into its slot of a shared-memory batch buffer that the
+    training process hands back after reading (`data_shards.batch_buffers`): no per-batch stack,
+    no copy into fresh shared memory.
+    """
 
     def __init__(self, source: _TrainShards, config: LoaderConfig, skipped: SkipCounter) -> None:
         self.source, self.config, self.skipped = source, config, skipped
@@ -59,16 +62,21 @@ class _TrainSamples:
         worker, _ = worker_slot()
         cfg, aug = self.config, self.config.augment
         rng = np.random.default_rng([cfg.seed, self.source.epoch, self.source.rank, worker, 1])
-        images, targets, keys = [], [], []
+        # In flight at once: the batches DataLoader prefetches, the one being read, the one being written.
+        buffers = BatchBuffers(capacity=cfg.prefetch_factor + 2)
+        shape = (cfg.batch_size, 3, aug.out_size, aug.out_size)
+        images, targets, keys = None, [], []
         for sample, image, record in decoded(_shuffled(self._read(samples), cfg.shuffle_buffer, rng), self.skipped):
             boxes = face_boxes(record, cfg.keep_invalid)
             transform = sample_train_transform(rng, image.shape[:2], boxes, aug)
-            images.append(transform.apply_image(image))
-            targets.append({"boxes": torch.from_numpy(transform.apply_boxes(boxes)[0])})
+            if images is None:
+                images = buffers.take(shape)
+            write_rgb_planes(transform.apply_image(image), images[len(keys)])
+            targets.append({"boxes": transform.apply_boxes(boxes)[0]})  # NumPy: see `received`
             keys.append(sample["__key__"])
-            if len(images) == cfg.batch_size:
-                yield {"images": to_tensor(images), "targets": targets, "keys": keys, "skipped": self.skipped.take()}
-                images, targets, keys = [], [], []
+            if len(keys) == cfg.batch_size:
+                yield {"images": images, "targets": targets, "keys": keys, "skipped": self.skipped.take()}
+                images, targets, keys = None, [], []
 
 
 def _shuffled(samples: Iterator[dict[str, Any]], size: int, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
@@ -105,7 +113,14 @@ class TrainLoader:
         # reaches them, giving each epoch its own shard permutation and augmentation stream.
         self._source.epoch = self._next_epoch
         self._next_epoch += 1
-        return map(as_float, self._loader)
+        return map(_received_and_release, self._loader)
+
+
+def _received_and_release(batch: dict[str, Any]) -> dict[str, Any]:
+    images = batch["images"]
+    batch = received(batch)
+    release(images)  # read: its worker may write the next batch into it
+    return batch
 
 
 def make_train_loader(

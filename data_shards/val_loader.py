@@ -20,7 +20,7 @@ import webdataset as wds
 
 from data_shards.augment import val_resize
 from data_shards.config import LoaderConfig
-from data_shards.samples import SkipCounter, as_float, decoded, face_boxes, open_split, to_tensor, web_loader, worker_slot
+from data_shards.samples import SkipCounter, decoded, face_boxes, open_split, received, to_tensor, web_loader, worker_slot
 from data_shards.storage import S3Settings
 
 
@@ -75,13 +75,13 @@ class _ValSamples:
         w = math.ceil(max(img.shape[1] for img, _, _ in batch) / m) * m
         padded = [cv2.copyMakeBorder(img, 0, h - img.shape[0], 0, w - img.shape[1], cv2.BORDER_CONSTANT, value=0)
                   for img, _, _ in batch]
-        return {
+        return {  # small arrays as NumPy, made tensors by `received` in the receiving process
             "images": to_tensor(padded),
-            "scales": torch.tensor([s for _, _, s in batch], dtype=torch.float64),
-            "image_sizes": torch.tensor([[r["height"], r["width"]] for _, r, _ in batch], dtype=torch.int64),
+            "scales": np.array([s for _, _, s in batch], dtype=np.float64),
+            "image_sizes": np.array([[r["height"], r["width"]] for _, r, _ in batch], dtype=np.int64),
             "keys": [(r["event"], r["name"]) for _, r, _ in batch],
-            "valid": torch.ones(len(batch), dtype=torch.bool),
-            "targets": [{"boxes": torch.from_numpy(face_boxes(r))} for _, r, _ in batch],
+            "valid": np.ones(len(batch), dtype=bool),
+            "targets": [{"boxes": face_boxes(r)} for _, r, _ in batch],
             "skipped": self.skipped.take(),
         }
 
@@ -114,7 +114,7 @@ class ValLoader:
             if count == self.num_batches:  # cannot happen unless the shards changed under us
                 raise RuntimeError(f"validation yielded more than the {self.num_batches} batches its manifest allows")
             count += 1
-            yield as_float(batch)
+            yield received(batch)
         for _ in range(self.num_batches - count):
             yield padding_batch(self._size_multiple)
 

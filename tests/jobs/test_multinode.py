@@ -71,9 +71,11 @@ def cluster(local_platform):
     os.environ.pop("RAY_API_SERVER_ADDRESS", None)
     dashboard_port = _free_port()
     started = time.monotonic()
+    # The head keeps Ray's default temp dir: the Jobs API hands its drivers RAY_ADDRESS=auto, which Ray
+    # resolves through /tmp/ray/ray_current_cluster, the cluster last started with that dir (this one:
+    # the local platform's head has a dir of its own).
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port,
-        "temp_dir": _own_disk()})
+        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port})
     os.environ["RAY_ADDRESS"] = cluster.address  # the worker nodes' processes: this cluster, not the platform's
     first = add_worker_node(cluster)
     cluster.wait_for_nodes()

@@ -158,5 +158,6 @@ def test_detect_with_the_champion_finds_the_faces(platform_env, tmp_path: Path) 
     foreign = [w for w in re.findall(r"'([^']*)'", loaded.stdout.split("warnings", 1)[1].split("\nlog", 1)[0])
                if "/mlflow/types/" not in w]
     assert not foreign, foreign
-    requirements = Path(mlflow.artifacts.download_artifacts(f"{model_uri}/requirements.txt", dst_path=str(tmp_path)))
-    assert sorted(line.split("==")[0] for line in requirements.read_text().split()) == ["mlflow", "numpy", "torch"]
+    model_dir = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "logged")))
+    requirements = (model_dir / "requirements.txt").read_text().split()
+    assert sorted(line.split("==")[0] for line in requirements) == ["mlflow", "numpy", "torch"]

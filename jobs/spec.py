@@ -49,11 +49,21 @@ class SynthData(Section):
     """How the images are composed (data_shards/config.py)."""
 
 
+def _bucketed(url: str | None) -> str | None:
+    """An `s3:` URL must name its bucket; a typo such as `s3:///runs` or `s3:/bucket` would otherwise
+    fail deep in boto3 or pyarrow, or become a local folder named `s3:`."""
+    if url is not None and url.startswith("s3:") and not re.match(r"s3://[^/]+", url):
+        raise ValueError(f"{url!r} names no bucket: write s3://BUCKET/prefix")
+    return url
+
+
 class DataSpec(Section):
     shards: str
     """Shard root URL holding `train/` and `val/` manifests (s3://bucket/prefix or a path)."""
     synth: SynthData | None = None
     """Generate the data set and shards when they are missing (None: they must exist)."""
+
+    _shards_bucket = field_validator("shards")(_bucketed)
 
 
 class OptimSpec(Section):
@@ -116,6 +126,8 @@ class CheckpointSpec(Section):
     keep: int = Field(default=2, gt=0)
     """Best evaluated checkpoints kept by their own AP Hard (the latest is kept too, to resume)."""
 
+    _storage_bucket = field_validator("storage")(_bucketed)
+
 
 class TrackingSpec(Section):
     experiment: str
@@ -177,6 +189,15 @@ class JobSpec(Section):
         if self.model.norm == "bn" and self.loader.batch_size < 2:
             raise ValueError("model.norm=bn needs loader.batch_size >= 2 per worker; use gn or frozen_bn")
         return self
+
+    @field_validator("model")
+    @classmethod
+    def _init_from_bucket(cls, model: ModelConfig) -> ModelConfig:
+        try:
+            _bucketed(model.init_from)
+        except ValueError as error:
+            raise ValueError(f"init_from {error}") from None
+        return model
 
     # ---- views -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -286,7 +307,7 @@ def load_spec(spec: str | Path | dict[str, Any], overrides: list[str] | tuple[st
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
-            raise SpecError(f"{path}: not valid YAML: {error}") from None
+            raise SpecError(f"{path}: not valid YAML: {error}\nfix the line shown") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: expected a mapping at the top level")
     for text in overrides:
@@ -295,7 +316,9 @@ def load_spec(spec: str | Path | dict[str, Any], overrides: list[str] | tuple[st
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as error:
-        raise SpecError(f"{source}: {describe_errors(error)}") from None
+        unknown = any(item["type"] in {"extra_forbidden", "unexpected_keyword_argument"} for item in error.errors())
+        hint = " (`isrn train SPEC --explain` lists every field)" if unknown else ""
+        raise SpecError(f"{source}: {describe_errors(error)}{hint}") from None
 
 
 REQUIRED = "(required)"

@@ -51,8 +51,10 @@ def declared_size(data: bytes) -> tuple[int, int]:
                 width, height = image.size
     except Image.DecompressionBombError as error:  # PIL refuses before telling the size
         raise ImageError(f"the image header declares more pixels than {MAX_IMAGE_PIXELS} ({error})") from None
-    except (OSError, ValueError) as error:
-        raise ImageError(f"corrupt JPEG: no image header that PIL recognises ({error})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("corrupt JPEG: no image header that PIL recognises") from None
+    except (OSError, ValueError) as error:  # a header cut short
+        raise ImageError(f"corrupt JPEG: unreadable image header ({error})") from None
     check_pixels(width, height, "the image header")
     return width, height
 

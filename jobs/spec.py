@@ -234,10 +234,10 @@ def _param_value(value: Any) -> str:
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1], 1):
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise SpecError(f"--set {dotted}: '{key}' is not a section")
+            raise SpecError(f"--set {dotted}: '{key}' is a value, not a section: --set {'.'.join(keys[:depth])}=VALUE")
         node = child
     node[keys[-1]] = value
 
@@ -309,7 +309,8 @@ def load_spec(spec: str | Path | dict[str, Any], overrides: list[str] | tuple[st
         except yaml.YAMLError as error:
             raise SpecError(f"{path}: not valid YAML: {error}\nfix the line shown") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{source}: expected a mapping at the top level")
+        raise SpecError(f"{source}: expected a mapping of sections at the top level (name: …, data: …), "
+                        f"got {type(raw).__name__}")
     for text in overrides:
         _set_dotted(raw, *parse_override(text))
     raw = expand_env(raw, source)

@@ -70,10 +70,11 @@ class Manifest:
     def from_json(cls, text: str | bytes, source: str = "<manifest>") -> Manifest:
         try:
             data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON {type(data).__name__}, not an object")
             if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, this isrn reads {FORMAT!r}: rebuild the split "
-                                 "with `isrn shards build`, or use the isrn version that wrote it")
-            return cls(
+                raise ValueError(f"format {data.get('format')!r}, this isrn reads {FORMAT!r}")
+            manifest = cls(
                 split=data["split"],
                 shards=tuple(ShardEntry(**s) for s in data["shards"]),
                 annotation_file=data["annotation_file"],
@@ -81,8 +82,21 @@ class Manifest:
                 created=data.get("created", ""),
                 ground_truth=data.get("ground_truth", {}),
             )
+            if not manifest.shards:
+                raise ValueError("it lists no shards")
+            names = [s.name for s in manifest.shards] + [g["name"] for g in manifest.ground_truth.values()]
+            if outside := [name for name in names if not _inside(name)]:
+                raise ValueError(f"{outside[0]!r} is not a file in the manifest's folder")
+            return manifest
         except (ValueError, KeyError, TypeError) as exn:
-            raise ValueError(f"{source}: not a valid shard manifest: {exn}") from exn
+            reason = f"field {exn} is missing" if isinstance(exn, KeyError) else str(exn)
+            raise ValueError(f"{source}: not a valid shard manifest ({reason}); rebuild the split with "
+                             "`isrn shards build` (or read it with the isrn version that wrote it)") from exn
+
+
+def _inside(name: str) -> bool:
+    """A relative name that stays in its folder (no `..`, not absolute)."""
+    return posixpath.normpath(name) == name and not name.startswith(("/", "../")) and name not in (".", "..")
 
 
 def manifest_url(base_url: str, split: str) -> str:
@@ -99,7 +113,13 @@ def split_manifest_url(url: str) -> tuple[str, str]:
 def read_manifest(url: str, settings: S3Settings | None = None) -> Manifest:
     """Read a manifest from its URL (`…/<split>/manifest.json`, local path or s3://)."""
     folder, name = split_manifest_url(url)
-    return Manifest.from_json(open_store(folder, settings).get_bytes(name), source=url)
+    try:
+        data = open_store(folder, settings).get_bytes(name)
+    except FileNotFoundError:
+        base, split = posixpath.split(folder)
+        raise FileNotFoundError(f"no shard manifest at {url}: build the split with `isrn shards build --wider-root "
+                                f"DIR --split {split} --out {base}`, or fix the URL") from None
+    return Manifest.from_json(data, source=url)
 
 
 def shard_urls(url: str, manifest: Manifest) -> list[str]:

@@ -23,6 +23,7 @@ import torch
 import webdataset as wds
 
 from data_shards.config import LoaderConfig
+from data_shards.images import ImageError, check_pixels, decode_bgr
 from data_shards.manifest import Manifest, check_shards, read_manifest, shard_urls, split_manifest_url
 from data_shards.s3_opener import register_s3_opener, reset_clients
 from data_shards.storage import S3Settings, check_access
@@ -60,18 +61,27 @@ class SkipCounter:
 
 
 def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    """(BGR uint8 image, JSON record) of a raw webdataset sample; ValueError names shard and key."""
+    """(BGR uint8 image, JSON record) of a raw webdataset sample; ValueError names shard and key.
+
+    Decoded by `data_shards.images.decode_bgr`: EXIF orientation ignored (boxes are in stored
+    pixels), and a sample whose JSON or image header declares more than `MAX_IMAGE_PIXELS` is
+    refused before a pixel is decoded.
+    """
     key, url = sample.get("__key__"), sample.get("__url__")
-    if "jpg" not in sample or "json" not in sample:
-        raise ValueError(f"sample {key} in shard {url}: missing .jpg or .json")
-    image = cv2.imdecode(np.frombuffer(sample["jpg"], np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"sample {key} in shard {url}: corrupt JPEG")
+    missing = [f".{ext}" for ext in ("jpg", "json") if ext not in sample]
+    if missing:  # a member that is not a regular file (link, device) is never read, so it is missing too
+        raise ValueError(f"sample {key} in shard {url}: no {' or '.join(missing)} member")
     try:
         record = json.loads(sample["json"])
         record["faces"]  # noqa: B018 - presence check
     except (ValueError, KeyError, TypeError) as exn:
         raise ValueError(f"sample {key} in shard {url}: undecodable JSON ({exn})") from None
+    try:
+        if isinstance(record.get("width"), int) and isinstance(record.get("height"), int):
+            check_pixels(record["width"], record["height"], "its JSON")
+        image = decode_bgr(sample["jpg"])
+    except ImageError as exn:
+        raise ValueError(f"sample {key} in shard {url}: {exn}") from None
     return image, record
 
 

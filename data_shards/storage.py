@@ -184,12 +184,16 @@ def check_access(url: str, settings: S3Settings | None = None, *, write: bool = 
         if write:
             path.mkdir(parents=True, exist_ok=True)
         elif not path.exists():
-            raise StorageAccessError(f"local shard folder {url!r} does not exist")
+            raise StorageAccessError(f"local shard folder {url!r} does not exist: build the shards there with "
+                                     "`isrn shards build --out`, or fix the path")
         return
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
     settings = settings or S3Settings.from_env()
-    bucket, _ = split_s3_url(url)
+    try:
+        bucket, _ = split_s3_url(url)
+    except ValueError:
+        raise StorageAccessError(f"{url!r} names no bucket: write s3://BUCKET/prefix") from None
     if problem := settings.credentials_problem():
         raise StorageAccessError(f"cannot use {url!r}: {problem}")
     endpoint = settings.endpoint_url or "the AWS default endpoint (AWS_ENDPOINT_URL is unset)"
@@ -197,26 +201,30 @@ def check_access(url: str, settings: S3Settings | None = None, *, write: bool = 
     try:
         client.head_bucket(Bucket=bucket)
     except (EndpointConnectionError, ConnectionError) as exn:
-        raise StorageAccessError(
-            f"cannot reach S3 endpoint {endpoint} (AWS_ENDPOINT_URL) for {url!r}: {exn}"
-        ) from exn
+        raise StorageAccessError(_unreachable(endpoint, url, exn)) from exn
     except NoCredentialsError as exn:
         raise StorageAccessError(f"no S3 credentials for {url!r}: set AWS_ACCESS_KEY_ID") from exn
     except ClientError as exn:
         code = str(exn.response.get("Error", {}).get("Code", ""))
         status = exn.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in ("404", "NoSuchBucket") or status == 404:
-            raise StorageAccessError(f"bucket {bucket!r} does not exist at {endpoint}") from exn
+            raise StorageAccessError(f"bucket {bucket!r} does not exist at {endpoint} (for {url!r}): create it "
+                                     f"(`aws s3 mb s3://{bucket}`) or fix the URL") from exn
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == 403:
             raise StorageAccessError(
                 f"S3 at {endpoint} refused the credentials of AWS_ACCESS_KEY_ID="
-                f"{settings.access_key!r} for bucket {bucket!r} ({code or status})"
+                f"{settings.access_key!r} for bucket {bucket!r} ({code or status}): set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY to a pair this store accepts with access to the bucket "
+                "(the local platform's: `eval \"$(isrn platform env)\"`)"
             ) from exn
         raise StorageAccessError(f"S3 error for bucket {bucket!r} at {endpoint}: {exn}") from exn
     except Exception as exn:  # urllib3/botocore wrap refused connections in several types
-        raise StorageAccessError(
-            f"cannot reach S3 endpoint {endpoint} (AWS_ENDPOINT_URL) for {url!r}: {exn}"
-        ) from exn
+        raise StorageAccessError(_unreachable(endpoint, url, exn)) from exn
+
+
+def _unreachable(endpoint: str, url: str, error: Exception) -> str:
+    return (f"cannot reach S3 endpoint {endpoint} (AWS_ENDPOINT_URL) for {url!r}: {error}; start the local platform "
+            "(`isrn platform up`) or set AWS_ENDPOINT_URL to a store that answers")
 
 
 # ---------------------------------------------------------------- object stores

@@ -12,13 +12,16 @@ face `x1 y1 w h blur expression illumination invalid occlusion pose`. Quirks kep
 - a count of 0 is followed by one all-zero line, which is not a face;
 - invalid faces and boxes with w or h <= 0 are kept here, with all six attributes; the consumer
   decides (`Face.is_degenerate`, `Face.invalid`);
-- a malformed record raises `WiderFormatError` naming the file and the 1-based line.
+- a malformed record raises `WiderFormatError` naming the file and the 1-based line; so do a
+  second record of the same image and a path that is not `<event>/<image>.jpg` (no `..`);
+- CRLF line ends, a UTF-8 byte-order mark, blank lines between records and integral floats
+  ("12.0") are accepted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +73,8 @@ class ImageRecord:
 
     path: str
     faces: tuple[Face, ...] = ()
+    line: int = field(default=0, compare=False)
+    """1-based line of the path in the annotation file (0: not read from one)."""
 
     @property
     def event(self) -> str:
@@ -83,40 +88,66 @@ class ImageRecord:
 
 def _ints(path: Path, lineno: int, text: str, n: int, what: str) -> list[int]:
     fields = text.split()
-    if len(fields) < n:
-        raise WiderFormatError(path, lineno, f"{what}: expected {n} integers, got {text.strip()!r}")
+    if len(fields) != n:
+        hint = " (an image path: is the face count above higher than its face lines?)" if _is_image_path(text) else ""
+        raise WiderFormatError(path, lineno, f"{what}: expected {n} integers, got {len(fields)}: {text.strip()!r}{hint}")
     values = []
-    for field in fields[:n]:
+    for field_ in fields:
         try:
             # Some released files carry float-looking values ("12.0"); accept them when integral.
-            number = float(field) if "." in field or "e" in field.lower() else int(field)
+            number = float(field_) if "." in field_ or "e" in field_.lower() else int(field_)
         except ValueError:
             raise WiderFormatError(path, lineno, f"{what}: not integers: {text.strip()!r}") from None
         if isinstance(number, float) and not (number == number and number.is_integer()):
             # 12.5 (or nan) is no pixel count; truncating it to 12 would move a box silently.
-            raise WiderFormatError(path, lineno, f"{what}: {field!r} is not a whole number: {text.strip()!r}")
+            raise WiderFormatError(path, lineno, f"{what}: {field_!r} is not a whole number: {text.strip()!r}")
         values.append(int(number))
     return values
+
+
+def _is_image_path(text: str) -> bool:
+    """`<event>/<image>.jpg`: two non-empty parts, neither `.` nor `..` (the official layout's only form)."""
+    parts = text.strip().split("/")
+    return (text.strip().lower().endswith(".jpg") and len(parts) == 2
+            and all(part not in ("", ".", "..") for part in parts))
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The file's lines as text: UTF-8 (the official files are ASCII), with or without a byte-order mark."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise WiderFormatError(path, line, f"byte 0x{data[error.start]:02x} is not UTF-8 text: save the file as "
+                                           "UTF-8 (the official annotation files are plain ASCII)") from None
 
 
 def parse_bbx_gt(path: str | Path) -> list[ImageRecord]:
     """Parse a `wider_face_{train,val}_bbx_gt.txt` file into records, in file order."""
     path = Path(path)
-    lines = path.read_text().splitlines()
+    lines = _read_lines(path)
     records: list[ImageRecord] = []
+    first_line: dict[str, int] = {}
     i = 0
     while i < len(lines):
         if not lines[i].strip():  # tolerate blank lines between records and at the end
             i += 1
             continue
         image_path = lines[i].strip()
-        if not image_path.lower().endswith(".jpg") or "/" not in image_path:
-            raise WiderFormatError(path, i + 1, f"expected an image path '<event>/<image>.jpg', got {image_path!r}")
+        if not _is_image_path(image_path):
+            hint = (" (a face line: is the face count of the record above lower than its face lines?)"
+                    if len(image_path.split()) == len(ATTRIBUTES) + 4 else "")
+            raise WiderFormatError(path, i + 1, f"expected an image path '<event>/<image>.jpg', got {image_path!r}{hint}")
+        if image_path in first_line:
+            raise WiderFormatError(path, i + 1, f"{image_path} has a second record (the first is at line "
+                                                f"{first_line[image_path]}): merge them into one")
+        first_line[image_path] = i + 1
         if i + 1 >= len(lines):
             raise WiderFormatError(path, i + 2, f"missing face count after {image_path!r}")
         (count,) = _ints(path, i + 2, lines[i + 1], 1, "face count")
-        if count < 0 or len(lines[i + 1].split()) != 1:
-            raise WiderFormatError(path, i + 2, f"bad face count {lines[i + 1].strip()!r}")
+        if count < 0:
+            raise WiderFormatError(path, i + 2, f"bad face count {lines[i + 1].strip()!r}: a count is 0 or more")
         n_lines = max(count, 1)  # a count of 0 is followed by one all-zero line
         if i + 2 + n_lines > len(lines):
             raise WiderFormatError(
@@ -131,7 +162,7 @@ def parse_bbx_gt(path: str | Path) -> list[ImageRecord]:
                     raise WiderFormatError(path, lineno, f"{image_path}: count 0 but a non-zero box line")
                 continue
             faces.append(Face(*values))
-        records.append(ImageRecord(image_path, tuple(faces)))
+        records.append(ImageRecord(image_path, tuple(faces), line=i + 1))
         i += 2 + n_lines
     return records
 
@@ -151,16 +182,23 @@ def format_bbx_gt(records: list[ImageRecord]) -> str:
 
 def read_test_filelist(path: str | Path) -> list[str]:
     """`wider_face_test_filelist.txt`: one `<event>/<image>.jpg` per line."""
-    path = Path(path)
-    out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    return [record.path for record in _test_records(Path(path))]
+
+
+def _test_records(path: Path) -> list[ImageRecord]:
+    records: list[ImageRecord] = []
+    first_line: dict[str, int] = {}
+    for lineno, line in enumerate(_read_lines(path), 1):
         line = line.strip()
         if not line:
             continue
-        if not line.lower().endswith(".jpg") or "/" not in line:
+        if not _is_image_path(line):
             raise WiderFormatError(path, lineno, f"expected '<event>/<image>.jpg', got {line!r}")
-        out.append(line)
-    return out
+        if line in first_line:
+            raise WiderFormatError(path, lineno, f"{line} is listed again (first at line {first_line[line]})")
+        first_line[line] = lineno
+        records.append(ImageRecord(line, line=lineno))
+    return records
 
 
 class WiderLayout:
@@ -186,7 +224,7 @@ class WiderLayout:
         if not path.is_file():
             raise FileNotFoundError(f"annotation file for split {split!r} not found: {path}")
         if split == "test":
-            return [ImageRecord(p) for p in read_test_filelist(path)]
+            return _test_records(path)
         return parse_bbx_gt(path)
 
     def image_path(self, split: str, record: ImageRecord) -> Path:

@@ -3,9 +3,11 @@
     job = prepare_job(spec, env)          # then build_trainer(...).fit() or a Tune study
 
 In order: S3 reachable with working credentials (before anything is generated or uploaded); the
-data set and shards generated when the spec asks and they are missing; both manifests readable; the
-MLflow server answering; Ray connected; the cluster able to hold the workers (waiting for the
-autoscaler when it can add them). Every failure is a `SpecError` naming the field and the fix.
+data set and shards generated when the spec asks and they are missing; both manifests readable and
+the train split large enough for one optimiser step; the MLflow server answering; Ray connected;
+checkpoints in shared storage when the cluster has several nodes; the cluster able to hold the
+workers (waiting for the autoscaler when it can add them). Every failure is a `SpecError` naming
+the field and the fix.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import datetime
 import json
 import logging
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from data_shards.manifest import manifest_url, read_manifest
+from data_shards.manifest import Manifest, manifest_url, read_manifest
 from data_shards.storage import StorageAccessError, arrow_s3_filesystem, check_access, is_s3_url, split_s3_url
 from jobs import tags
 from jobs.cluster import Bundle, ClusterTooSmallError, wait_for_resources, worker_bundles
@@ -49,9 +52,10 @@ def prepare_job(spec: JobSpec, env: JobEnvironment, *, extra_bundles: list[Bundl
     fingerprints = read_fingerprints(spec, env)
     check_tracking(env)
     connect_ray(env)
-    wait_for_cluster(spec, extra_bundles or [])
     import ray
 
+    check_checkpoint_storage(spec, ray.nodes())
+    wait_for_cluster(spec, extra_bundles or [])
     lineage = {
         tags.GIT_COMMIT: code_version(), tags.SPEC: spec.name, tags.SPEC_FINGERPRINT: spec.fingerprint(),
         tags.TRAIN_MANIFEST: fingerprints["train"], tags.VAL_MANIFEST: fingerprints["val"],
@@ -78,7 +82,7 @@ def ensure_data(spec: JobSpec, env: JobEnvironment) -> None:
     synth = spec.data.synth
     if synth is None:
         return
-    missing = [split for split in ("train", "val") if not _manifest_exists(spec.data.shards, split, env)]
+    missing = [split for split in ("train", "val") if _read_split_manifest(spec, split, env) is None]
     if not missing:
         return
     from data_shards.shard_writer import build_split
@@ -96,31 +100,59 @@ def ensure_data(spec: JobSpec, env: JobEnvironment) -> None:
                     progress=False)
 
 
-def _manifest_exists(shards: str, split: str, env: JobEnvironment) -> bool:
+def _read_split_manifest(spec: JobSpec, split: str, env: JobEnvironment) -> Manifest | None:
+    """The split's manifest, None when there is none; SpecError when it is not a valid one."""
     try:
-        read_manifest(manifest_url(shards, split), env.s3)
+        return read_manifest(manifest_url(spec.data.shards, split), env.s3)
     except FileNotFoundError:
-        return False
-    return True
+        return None
+    except ValueError as error:  # names the manifest and the fix
+        raise SpecError(f"data.shards: {error}") from None
 
 
 def read_fingerprints(spec: JobSpec, env: JobEnvironment) -> dict[str, str]:
-    """The train and val manifests' annotation fingerprints; both must exist, val with its ground truth."""
+    """The train and val manifests' annotation fingerprints; both must exist, val with its ground truth,
+    and the train split must fill one optimiser step."""
     fingerprints = {}
     for split in ("train", "val"):
         url = manifest_url(spec.data.shards, split)
-        try:
-            manifest = read_manifest(url, env.s3)
-        except FileNotFoundError:
+        manifest = _read_split_manifest(spec, split, env)
+        if manifest is None:
             raise SpecError(
                 f"data.shards: no {split} shard manifest at {url}; build it with "
                 f"`isrn shards build --wider-root DIR --split {split} --out {spec.data.shards}` "
                 f"or give the spec a data.synth section"
-            ) from None
+            )
         if split == "val" and not manifest.ground_truth:
             raise SpecError(f"data.shards: the val split at {url} carries no ground-truth .mat files")
+        if split == "train":
+            check_batch_fits(spec, manifest.samples, url)
         fingerprints[split] = manifest.annotation_sha256[:16]
     return fingerprints
+
+
+def check_batch_fits(spec: JobSpec, train_samples: int, url: str) -> None:
+    """One optimiser step takes batch × workers × accumulation images: the train split must hold them."""
+    batch, workers, accum = spec.loader.batch_size, spec.scaling.num_workers, spec.train.grad_accum_steps
+    if batch * workers * accum > train_samples:
+        raise SpecError(
+            f"loader.batch_size × scaling.num_workers × train.grad_accum_steps = {batch} × {workers} × {accum} = "
+            f"{batch * workers * accum} images per optimiser step, but the train split at {url} holds "
+            f"{train_samples}: lower them, or use a larger train split")
+
+
+def check_checkpoint_storage(spec: JobSpec, nodes: list[dict[str, Any]]) -> None:
+    """A local checkpoint path works on one node only: on several, each worker writes its own disk and a
+    restarted worker group finds no checkpoint. `nodes` as `ray.nodes()` returns them."""
+    storage = spec.checkpoint.storage
+    if is_s3_url(storage):
+        return
+    working = [node for node in nodes if node.get("Alive") and any(
+        (node.get("Resources") or {}).get(kind, 0) > 0 for kind in ("CPU", "GPU"))]
+    if len(working) > 1:
+        raise SpecError(
+            f"checkpoint.storage: {storage!r} is a local path, but the cluster has {len(working)} nodes that run "
+            "workers, each with its own disk: give checkpoint.storage an s3://BUCKET/prefix every node can reach")
 
 
 def check_tracking(env: JobEnvironment, timeout_s: float = 5.0) -> None:
@@ -148,11 +180,25 @@ def connect_ray(env: JobEnvironment) -> None:
         # environment, and Ray refuses a second one.
         ray.init(address=env.ray_address, logging_level=logging.WARNING)
         return
+    check_ray_address(env.ray_address)
     try:
         ray.init(address=env.ray_address, logging_level=logging.WARNING)
     except ConnectionError as error:
         raise SpecError(f"no Ray cluster at {env.ray_address} (RAY_ADDRESS): {error}; start the local platform "
                         "(`isrn platform up`) or set RAY_ADDRESS") from None
+
+
+def check_ray_address(address: str, timeout_s: float = 3.0) -> None:
+    """A TCP connection to `address` when it is HOST:PORT or ray://HOST:PORT, so that a dead address fails
+    at once rather than after `ray.init`'s minute of retries; other forms ("auto") are Ray's to read."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or "/" in host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise SpecError(f"no Ray cluster answers at {address} (RAY_ADDRESS): {error}; start the local platform "
+                        "(`isrn platform up`) or set RAY_ADDRESS to the head's HOST:6379") from None
 
 
 def submission_id() -> str:

@@ -49,11 +49,21 @@ class SynthData(Section):
     """How the images are composed (data_shards/config.py)."""
 
 
+def _bucketed(url: str | None) -> str | None:
+    """An `s3:` URL must name its bucket; a typo such as `s3:///runs` or `s3:/bucket` would otherwise
+    fail deep in boto3 or pyarrow, or become a local folder named `s3:`."""
+    if url is not None and url.startswith("s3:") and not re.match(r"s3://[^/]+", url):
+        raise ValueError(f"{url!r} names no bucket: write s3://BUCKET/prefix")
+    return url
+
+
 class DataSpec(Section):
     shards: str
     """Shard root URL holding `train/` and `val/` manifests (s3://bucket/prefix or a path)."""
     synth: SynthData | None = None
     """Generate the data set and shards when they are missing (None: they must exist)."""
+
+    _shards_bucket = field_validator("shards")(_bucketed)
 
 
 class OptimSpec(Section):
@@ -115,6 +125,8 @@ class CheckpointSpec(Section):
     """A checkpoint every this many steps besides each epoch end (None: epoch ends only)."""
     keep: int = Field(default=2, gt=0)
     """Best evaluated checkpoints kept by their own AP Hard (the latest is kept too, to resume)."""
+
+    _storage_bucket = field_validator("storage")(_bucketed)
 
 
 class TrackingSpec(Section):
@@ -178,6 +190,15 @@ class JobSpec(Section):
             raise ValueError("model.norm=bn needs loader.batch_size >= 2 per worker; use gn or frozen_bn")
         return self
 
+    @field_validator("model")
+    @classmethod
+    def _init_from_bucket(cls, model: ModelConfig) -> ModelConfig:
+        try:
+            _bucketed(model.init_from)
+        except ValueError as error:
+            raise ValueError(f"init_from {error}") from None
+        return model
+
     # ---- views -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
@@ -213,10 +234,10 @@ def _param_value(value: Any) -> str:
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1], 1):
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise SpecError(f"--set {dotted}: '{key}' is not a section")
+            raise SpecError(f"--set {dotted}: '{key}' is a value, not a section: --set {'.'.join(keys[:depth])}=VALUE")
         node = child
     node[keys[-1]] = value
 
@@ -286,16 +307,19 @@ def load_spec(spec: str | Path | dict[str, Any], overrides: list[str] | tuple[st
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
-            raise SpecError(f"{path}: not valid YAML: {error}") from None
+            raise SpecError(f"{path}: not valid YAML: {error}\nfix the line shown") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{source}: expected a mapping at the top level")
+        raise SpecError(f"{source}: expected a mapping of sections at the top level (name: …, data: …), "
+                        f"got {type(raw).__name__}")
     for text in overrides:
         _set_dotted(raw, *parse_override(text))
     raw = expand_env(raw, source)
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as error:
-        raise SpecError(f"{source}: {describe_errors(error)}") from None
+        unknown = any(item["type"] in {"extra_forbidden", "unexpected_keyword_argument"} for item in error.errors())
+        hint = " (`isrn train SPEC --explain` lists every field)" if unknown else ""
+        raise SpecError(f"{source}: {describe_errors(error)}{hint}") from None
 
 
 REQUIRED = "(required)"

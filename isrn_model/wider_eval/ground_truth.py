@@ -159,7 +159,7 @@ def load_ground_truth(gt_dir: str | Path, *, split: str = "val") -> WiderGroundT
     file_lists = [[_mat_string(cell) for cell in files.reshape(-1)] for files in main["file_list"].reshape(-1)]
     box_lists = [list(cell.reshape(-1)) for cell in main["face_bbx_list"].reshape(-1)]
     if not (len(events) == len(file_lists) == len(box_lists)):
-        raise ValueError(f"{main_path}: event_list, file_list and face_bbx_list differ in length")
+        raise ValueError(f"{main_path}: event_list, file_list and face_bbx_list differ in length; {_OFFICIAL}")
 
     keep_lists: dict[str, list[list[np.ndarray]]] = {}
     for setting, path in setting_paths.items():
@@ -167,23 +167,31 @@ def load_ground_truth(gt_dir: str | Path, *, split: str = "val") -> WiderGroundT
         setting_files = [[_mat_string(cell) for cell in files.reshape(-1)] for files in mat["file_list"].reshape(-1)]
         setting_events = [_mat_string(cell) for cell in mat["event_list"].reshape(-1)]
         if setting_events != events or setting_files != file_lists:
-            raise ValueError(f"{path} lists other images (or another order) than {main_path}")
+            raise ValueError(f"{path} lists other images (or another order) than {main_path}: the four files "
+                             f"must come from one release; {_OFFICIAL}")
         keep_lists[setting] = [list(cell.reshape(-1)) for cell in mat["gt_list"].reshape(-1)]
 
     flat_events, flat_names, flat_boxes = [], [], []
     flat_keep: dict[str, list[np.ndarray]] = {setting: [] for setting in SETTINGS}
     for e, event in enumerate(events):
         if len(box_lists[e]) != len(file_lists[e]):
-            raise ValueError(f"{main_path}: event {event} has {len(file_lists[e])} files but {len(box_lists[e])} box lists")
+            raise ValueError(f"{main_path}: event {event} has {len(file_lists[e])} files but {len(box_lists[e])} "
+                             f"box lists; {_OFFICIAL}")
         for j, name in enumerate(file_lists[e]):
             boxes = np.asarray(box_lists[e][j])
+            if boxes.size and (boxes.ndim != 2 or boxes.shape[1] != 4):  # reshaping would mix up faces
+                raise ValueError(f"{main_path}: face_bbx_list of {event}/{name} must be [N, 4] (x, y, w, h), got "
+                                 f"shape {boxes.shape}; {_OFFICIAL}")
             flat_events.append(event)
             flat_names.append(name)
-            flat_boxes.append(boxes.reshape(-1, 4) if boxes.size else np.zeros((0, 4), np.int32))
+            flat_boxes.append(boxes if boxes.size else np.zeros((0, 4), np.int32))
             for setting in SETTINGS:
                 one_based = np.asarray(keep_lists[setting][e][j]).reshape(-1).astype(np.int64)
                 flat_keep[setting].append(one_based - 1)
-    return ground_truth_from_arrays(flat_events, flat_names, flat_boxes, flat_keep)
+    try:
+        return ground_truth_from_arrays(flat_events, flat_names, flat_boxes, flat_keep)
+    except ValueError as error:
+        raise ValueError(f"{gt_dir}: {error}; {_OFFICIAL}") from None
 
 
 def save_ground_truth(ground_truth: WiderGroundTruth, gt_dir: str | Path, *, split: str = "val") -> Path:
@@ -223,14 +231,18 @@ def save_ground_truth(ground_truth: WiderGroundTruth, gt_dir: str | Path, *, spl
     return gt_dir
 
 
+_OFFICIAL = ("use the official eval_tools/ground_truth/ files, or write them with "
+             "isrn_model.wider_eval.save_ground_truth")
+
+
 def _read_mat(scipy_io, path: Path, fields: Sequence[str]) -> dict:
     try:
         mat = scipy_io.loadmat(str(path))
     except (ValueError, OSError, NotImplementedError) as error:
-        raise ValueError(f"{path}: not a readable MATLAB file ({error})") from error
+        raise ValueError(f"{path}: not a readable MATLAB file ({error}); {_OFFICIAL}") from error
     missing = [name for name in fields if name not in mat]
     if missing:
-        raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
+        raise ValueError(f"{path}: missing variable(s) {', '.join(missing)}; {_OFFICIAL}")
     return mat
 
 

@@ -52,6 +52,12 @@ def evaluate(pred_dir: Path, gt_dir: Path, as_json: bool, float_iou: bool, plot_
         raise click.ClickException(str(error)) from None
     loaded = time.perf_counter()
     missing = sum(key not in predictions for key in ground_truth.keys())
+    if predictions and len(ground_truth) and missing == len(ground_truth):  # every AP would be 0: say why
+        given, expected = "/".join(next(iter(predictions))), "/".join(ground_truth.keys()[0])
+        raise click.ClickException(
+            f"none of the {len(predictions)} prediction files in {pred_dir} names an image of the ground truth in "
+            f"{gt_dir} (e.g. {given}.txt, where the ground truth has {expected}): the event or image names differ; "
+            "give --ground-truth of the split the predictions were made on")
     if missing:
         logger.warning("%d of %d images have no prediction file (counted as no detections)", missing, len(ground_truth))
     try:

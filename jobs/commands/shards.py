@@ -27,13 +27,14 @@ def shards() -> None:
 @click.option("--shard-size-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Target shard size.")
 def build(wider_root: str, split: str, out_url: str, shard_size_mb: float) -> None:
     """Write one split's shards, then its manifest (resumes an interrupted run)."""
+    from data_shards.images import ImageError
     from data_shards.shard_writer import build_split
     from data_shards.storage import StorageAccessError
     from data_shards.wider_layout import WiderFormatError
 
     try:
         manifest = build_split(wider_root, split, out_url, shard_size_mb=shard_size_mb)
-    except StorageAccessError as exn:
+    except (StorageAccessError, ImageError) as exn:  # name the URL or the image file, and the fix
         raise click.ClickException(str(exn)) from None
     except WiderFormatError as exn:  # names the annotation file and line
         raise click.ClickException(f"{exn}; fix the annotation file (or use the official download's) and "
@@ -57,8 +58,8 @@ def inspect(url: str, verify: bool, as_json: bool) -> None:
     try:
         check_access(url)
         found = find_manifests(url)
-    except StorageAccessError as exn:
-        raise click.ClickException(str(exn)) from exn
+    except (StorageAccessError, ValueError) as exn:  # ValueError: a manifest that is not one, named
+        raise click.ClickException(str(exn)) from None
     problems: dict[str, list[str]] = {}
     if verify:
         problems = {split: verify_manifest(murl, m) for split, (murl, m) in found.items()}

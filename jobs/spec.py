@@ -83,8 +83,8 @@ class OptimSpec(Section):
     """After warm-up: step decay at the milestones, cosine to 0, or constant."""
     milestones: tuple[float, ...] = (100 / 130, 120 / 130)
     """Step decay points as fractions of training (SRN: 100 and 120 of 130 epochs)."""
-    gamma: float = Field(default=0.1, gt=0, le=1)
-    """Factor applied to lr at each milestone."""
+    gamma: float = Field(default=0.1, gt=0)
+    """Factor applied to lr at each milestone: below 1 decays (SRN: 0.1); above 1 raises it."""
 
     @field_validator("milestones")
     @classmethod

@@ -136,3 +136,49 @@ def test_missing_bucket_and_wrong_credentials_fail_before_any_worker(platform_en
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     with pytest.raises(SpecError, match="refused the credentials"):
         run_training(load_spec("smoke", ["data.synth=null"]))
+
+
+def test_the_logged_model_is_the_best_evaluated_checkpoint_and_reproduces_its_ap(platform_env, smoke_overrides,
+                                                                                 ray_shutdown):
+    """Issue 12: evaluation every 2 epochs and a learning rate raised ×1000 after epoch 2, so training
+    diverges and the best evaluated epoch is the first evaluation (epoch 2), not the last (epoch 4).
+    The logged model is that checkpoint's; `isrn eval` of it gives the AP it carries; promotion
+    compares that number."""
+    import json
+    import re
+
+    import mlflow
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from jobs.commands.detect import eval_model
+    from jobs.promotion import promote
+
+    # The same pixels through both evaluations: val images (384 px) padded to 384², the export's size.
+    spec = load_spec("smoke", [*smoke_overrides, "train.epochs=4", "eval.every_epochs=2", "train.log_every_steps=6",
+                               "optim.schedule=step", "optim.milestones=[0.5]", "optim.gamma=1000",
+                               "inference.score_threshold=0.001",
+                               "loader.val_size_multiple=384", "tracking.export_size=384",
+                               "tracking.experiment=isrn-best-checkpoint"])
+    outcome = run_training(spec)
+    client = MlflowClient(platform_env.config.mlflow_uri)
+    run = client.get_run(outcome.mlflow_run_id)
+    evaluations = dict(_history(client, run.info.run_id, "val_ap_hard"))   # step -> AP (6 steps an epoch)
+    assert sorted(evaluations) == [12, 24] and evaluations[12] > evaluations[24], evaluations
+    assert run.data.metrics["best_step"] == 12 and run.data.metrics["best_epoch"] == 2
+    assert run.data.metrics["best_val_ap_hard"] == evaluations[12]
+    assert outcome.best_checkpoint.endswith("step_00000012")
+    logged = mlflow.get_logged_model(outcome.model_uri.removeprefix("models:/"))
+    logged_ap = {m.key: m.value for m in logged.metrics}
+    assert logged_ap["val_ap_hard"] == evaluations[12]
+
+    evaluated = CliRunner().invoke(eval_model, ["--model", outcome.model_uri, "--shards", spec.data.shards, "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    ap = json.loads(re.findall(r"\{[^{}]*\}", evaluated.output)[-1])
+    assert abs(ap["hard"] - logged_ap["val_ap_hard"]) < 1e-3, (ap, logged_ap)
+
+    result = promote(platform_env.config.mlflow_uri, experiment="isrn-best-checkpoint",
+                     name=f"isrn-best-{outcome.run_name}", run_id=run.info.run_id)
+    assert result.candidate.metric == logged_ap["val_ap_hard"]
+    print(f"\nbest evaluated epoch 2 (AP hard {evaluations[12]:.4f}; epoch 4: {evaluations[24]:.4f}); "
+          f"isrn eval of the logged model: {ap['hard']:.4f}; promotion compared {result.candidate.metric:.4f}")

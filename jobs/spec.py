@@ -154,6 +154,10 @@ class ScalingSpec(Section):
     resources_timeout_s: float = Field(default=600, ge=0)
     """How long a job waits for the cluster (its autoscaler, or whoever adds nodes) to offer its
     workers before failing; a request no node could ever hold fails at once."""
+    storage_outage_timeout_s: float = Field(default=600, ge=0)
+    """When the checkpoint storage stops answering Ray Train's controller mid-run, how long the
+    driver waits for it to answer again before failing; the run then continues from its newest
+    complete checkpoint (each outage counts against `max_failures`)."""
 
 
 class JobSpec(Section):

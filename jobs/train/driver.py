@@ -13,6 +13,8 @@ import dataclasses
 import logging
 import math
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +98,8 @@ def run_training(spec: JobSpec, *, resume: str | None = None, env: JobEnvironmen
     try:
         queue = Queue(actor_options={"num_cpus": 0})
         with ProgressDisplay(queue):
-            result = build_trainer(job, run_name, run_id, progress=queue).fit()
+            result = fit_through_storage_outages(lambda: build_trainer(job, run_name, run_id, progress=queue),
+                                                 spec, env, run_name)
         best = best_evaluated(result.best_checkpoints or [])
         model_uri = None
         if best is not None and spec.tracking.log_model:
@@ -109,6 +112,54 @@ def run_training(spec: JobSpec, *, resume: str | None = None, env: JobEnvironmen
     return TrainingOutcome(run_name=run_name, mlflow_run_id=run_id, mlflow_run_url=run_url(env.mlflow_uri, run_id),
                            metrics=dict(result.metrics or {}), best_checkpoint=best[0].path if best else None,
                            model_uri=model_uri)
+
+
+def fit_through_storage_outages(make_trainer: Callable[[], Any], spec: JobSpec, env: JobEnvironment,
+                                run_name: str) -> Any:
+    """`make_trainer().fit()`, fitted again under the same run name when the checkpoint storage went away.
+
+    Ray Train's controller writes its checkpoint bookkeeping to the run's storage folder and ends the
+    whole run on the first write that fails (an `OSError` is not among its retryable controller
+    errors): a few seconds of S3 unavailability would cost the run. The driver waits for the storage
+    to answer again and fits again with the same name, which resumes from the newest complete
+    checkpoint (jobs/train/session.py). Each outage counts against `scaling.max_failures`.
+    """
+    from ray.train import ControllerError
+
+    outages = 0
+    while True:
+        try:
+            return make_trainer().fit()
+        except ControllerError as error:
+            if not isinstance(error.controller_failure, OSError) or outages >= spec.scaling.max_failures:
+                raise
+            outages += 1
+            log.warning("the checkpoint storage failed under Ray Train's controller (%s); waiting up to %.0f s for it "
+                        "(outage %d of at most %d), then resuming from the newest complete checkpoint",
+                        error.controller_failure, spec.scaling.storage_outage_timeout_s, outages,
+                        spec.scaling.max_failures)
+            if not storage_answers(spec, env, spec.scaling.storage_outage_timeout_s):
+                raise OSError(f"checkpoint storage {spec.checkpoint.storage} did not answer for "
+                              f"{spec.scaling.storage_outage_timeout_s:.0f} s; the run's complete checkpoints are "
+                              f"kept: once it answers, continue with `isrn train {spec.name} --resume {run_name}`"
+                              ) from error
+
+
+def storage_answers(spec: JobSpec, env: JobEnvironment, timeout_s: float) -> bool:
+    """Whether the checkpoint storage answers (lists the checkpoint folder) within `timeout_s`."""
+    from pyarrow import fs
+
+    storage_path, filesystem = storage_for(spec, env)
+    filesystem = filesystem or fs.LocalFileSystem()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            filesystem.get_file_info(storage_path)
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(2)
 
 
 def prune_unregistered_checkpoints(spec: JobSpec, env: JobEnvironment, run_name: str, result: Any) -> None:

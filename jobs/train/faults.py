@@ -13,8 +13,9 @@ Points:
 - `checkpoint_uploaded`: rank 0, inside the checkpoint upload, after checkpoint `step` is complete in
   storage (its marker written) and before the report reaches Ray: the window in which Ray has not
   registered a checkpoint that is safe in storage.
-- `step_end`: on rank `rank` (default 0), after training step `step`. With `after_commit`, first wait
-  until Ray has committed every checkpoint reported so far, so the kill lands after registration.
+- `step_end`: on rank `rank` (default 0), after training step `step` and before that step's own
+  checkpoint report, if it has one. With `after_commit`, first wait until Ray has committed every
+  checkpoint reported so far, so the kill lands after their registration.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from jobs.train import faults
 from jobs.train.checkpoint_store import CheckpointStore
 from jobs.train.progress import ProgressDisplay
 from jobs.train.tracking import finish_run, run_url, start_or_resume_run
-from jobs.train.worker import CHECKPOINT_SCORE, WorkerJob, train_loop_per_worker
+from jobs.train.worker import CHECKPOINT_SCORE, UNEVALUATED, WorkerJob, is_evaluated, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def build_trainer(job: PreparedJob, run_name: str, run_id: str | None, callbacks
 def best_evaluated(checkpoints: list[tuple[Any, dict[str, Any]]]) -> tuple[Any, dict[str, Any]] | None:
     """The (checkpoint, its report's metrics) of the highest AP Hard among evaluated checkpoints; on
     a tie the later one (None when no checkpoint was evaluated)."""
-    scored = [(c, m) for c, m in checkpoints if math.isfinite(float(m.get(CHECKPOINT_SCORE, -math.inf)))]
+    scored = [(c, m) for c, m in checkpoints if is_evaluated(float(m.get(CHECKPOINT_SCORE, UNEVALUATED)))]
     return max(scored, key=lambda pair: (pair[1][CHECKPOINT_SCORE], pair[1].get("step", 0)), default=None)
 
 

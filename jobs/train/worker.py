@@ -43,8 +43,17 @@ __all__ = ["LocalSession", "RaySession", "WorkerJob", "run_worker", "train_loop_
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SCORE = "checkpoint_score"
-"""Ray ranks checkpoints by this: AP Hard of the checkpoint's own weights, -inf for a checkpoint no
-evaluation saw (kept only while it is the latest, to resume from; issue 12)."""
+"""Ray ranks checkpoints by this: AP Hard of the checkpoint's own weights, UNEVALUATED for a checkpoint
+no evaluation saw (kept only while it is the latest, to resume from; issue 12)."""
+UNEVALUATED = -1.0
+"""The score of an unevaluated checkpoint: below every AP (APs lie in [0, 1]) and finite, because Ray
+writes its checkpoint bookkeeping as strict JSON, where -inf becomes null and a resumed run's
+controller then fails to rank the checkpoints it restored."""
+
+
+def is_evaluated(score: float) -> bool:
+    """Whether a checkpoint score is an AP of the checkpoint's own weights."""
+    return math.isfinite(score) and score >= 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +272,7 @@ def _report(session: Session, model: torch.nn.Module, optimizer: torch.optim.Opt
     """Report metrics on every rank; rank 0 attaches a checkpoint of the unwrapped model.
 
     `val_ap_*` is the latest evaluation's (what Tune's scheduler and search compare); the checkpoint's
-    own score is `checkpoint_score`, finite only when these weights were evaluated (`extra` holds
+    own score is `checkpoint_score`, an AP only when these weights were evaluated (`extra` holds
     the fresh `val_ap_*` then).
     """
     evaluated = "val_ap_hard" in extra
@@ -271,7 +280,7 @@ def _report(session: Session, model: torch.nn.Module, optimizer: torch.optim.Opt
         "step": state.step, "epoch": state.epoch,
         **{f"val_ap_{k}": v for k, v in state.last_ap.items()},
         "val_ap_hard": state.last_ap.get("hard", 0.0),
-        CHECKPOINT_SCORE: float(extra["val_ap_hard"]) if evaluated else -math.inf,
+        CHECKPOINT_SCORE: float(extra["val_ap_hard"]) if evaluated else UNEVALUATED,
         "evaluated_epoch": state.last_ap_epoch,
         **extra,
     }

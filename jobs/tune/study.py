@@ -18,15 +18,13 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
-
 from jobs import tags
 from jobs.cluster import Bundle, autoscaler_node_types, cluster_nodes, max_capacity, trials_that_fit
 from jobs.environment import JobEnvironment
 from jobs.preparation import PreparedJob, new_run_name, prepare_job, storage_for
 from jobs.spec import JobSpec, SpecError
 from jobs.train.driver import log_best_model, prune_unregistered_checkpoints
-from jobs.train.worker import CHECKPOINT_SCORE
+from jobs.train.worker import CHECKPOINT_SCORE, is_evaluated
 from jobs.train.tracking import finish_run, run_url, set_tag, start_or_resume_run
 from jobs.tune.config import TuneSpec
 from jobs.tune.mlflow_study import TrialRunStatus, closed_trials, find_run, log_study_summary, trial_run_name
@@ -245,7 +243,7 @@ def _log_best_trial_model(results, spec: JobSpec, env: JobEnvironment, study: st
     if not {"checkpoint_path", CHECKPOINT_SCORE} <= set(history):
         log.warning("best trial %s reported no checkpoint: no model logged", best.metrics["trial_id"])
         return run.info.run_id, None
-    scored = history[history["checkpoint_path"].notna() & np.isfinite(history[CHECKPOINT_SCORE].astype(float))]
+    scored = history[history["checkpoint_path"].notna() & history[CHECKPOINT_SCORE].astype(float).map(is_evaluated)]
     if scored.empty:
         log.warning("best trial %s reported no evaluated checkpoint: no model logged", best.metrics["trial_id"])
         return run.info.run_id, None

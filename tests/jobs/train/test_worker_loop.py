@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
+import json
 
 import pytest
 
 from jobs.train.steps import NonFiniteLossError
-from jobs.train.worker import CHECKPOINT_SCORE
+from jobs.train.worker import CHECKPOINT_SCORE, UNEVALUATED, is_evaluated
 from tests.jobs.train.conftest import run_local
 
 
@@ -21,7 +21,10 @@ def test_reports_per_checkpoint_and_epoch_with_their_own_scores(local_shards, tm
     assert [(r["step"], r["epoch"]) for r in session.reports] == [(2, 0), (3, 1), (4, 1), (6, 2)]
     scores = [r[CHECKPOINT_SCORE] for r in session.reports]
     # Only the evaluated checkpoint (epoch 2) has a score of its own; the others cannot compete.
-    assert scores[:3] == [-math.inf] * 3 and math.isfinite(scores[3]) and scores[3] == session.reports[3]["val_ap_hard"]
+    assert scores[:3] == [UNEVALUATED] * 3 and is_evaluated(scores[3]) and scores[3] == session.reports[3]["val_ap_hard"]
+    # Ray stores its checkpoint bookkeeping as strict JSON (no inf or nan), and restores from it.
+    for report in session.reports:
+        json.dumps(report, allow_nan=False)
     assert [r["evaluated_epoch"] for r in session.reports] == [0, 0, 0, 2]
     # Every step's losses once, every epoch's time accounted for.
     assert [s for s, _ in tracker.history("loss")] == [1, 2, 3, 4, 5, 6]

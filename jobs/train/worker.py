@@ -86,12 +86,19 @@ class EpochPlan:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: `config` = {"spec": resolved spec dict, "job": WorkerJob fields}."""
     job = WorkerJob(**config["job"])
-    logging.basicConfig(level=logging.INFO if job.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if job.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A Ray worker's root logger has its handlers already (basicConfig does nothing then): the
+    # levels are set on the loggers themselves. Our per-step and per-epoch lines, and Ray Train's
+    # "Reporting training result …" and "Checkpoint successfully created …" for every report, are
+    # what the driver's progress display says once per epoch; `isrn -v` shows them.
+    logging.getLogger("jobs").setLevel(level)
     if not job.verbose:
-        # "Reporting training result …" and "Checkpoint successfully created …" for every report:
-        # the driver's progress display says the same once per epoch.
+        from ray.train.v2._internal.execution import context as train_context
+
         logging.getLogger("ray.train").setLevel(logging.WARNING)
+        # Train V2 names this logger by its file path, outside the "ray.train" tree.
+        train_context.logger.setLevel(logging.WARNING)
     run_worker(JobSpec.model_validate(config["spec"]), job, RaySession(job.faults))
 
 

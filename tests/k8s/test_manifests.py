@@ -169,6 +169,7 @@ def test_mlflow_server_serves_s3_artifacts_from_a_postgres_store(overlay: str, o
     # The driver is named: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, not in the image.
     assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql+psycopg2://")
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "isrn-mlflow-db"
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"  # no Huey consumers
     (service,) = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "isrn-mlflow"]
     assert service["spec"]["ports"][0]["port"] == 5000
     (db,) = [o for o in objects if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "isrn-postgres"]

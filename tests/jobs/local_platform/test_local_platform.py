@@ -61,6 +61,16 @@ def test_mlflow_artifact_lands_in_the_s3_bucket(platform_env, local_s3):
     assert mlflow.get_run(run.info.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
 
 
+def test_mlflow_server_runs_no_job_consumers(local_platform):
+    """MLflow 3's server jobs (GenAI scorers; unused here) are off: no job runner, no Huey consumer
+    taking memory and CPU beside the server's own workers."""
+    pid = int((local_platform.run_dir / "mlflow.pid").read_text())
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    commands = [" ".join(p.cmdline()) for p in tree]
+    assert not [c for c in commands if "huey" in c or "jobs._job_runner" in c], commands
+    assert len(tree) <= 1 + local_platform.config.mlflow.workers, commands
+
+
 def test_ray_job_through_the_jobs_api_finishes(platform_env):
     from ray.job_submission import JobStatus, JobSubmissionClient
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import private_platform, s3_settings, summarise
+from process_cpu import ROLES, ProcessCpu
 from data_shards.manifest import manifest_url
 from jobs.environment import JobEnvironment
 from jobs.preparation import PreparedJob, ensure_data
@@ -73,12 +74,19 @@ class RunResult:
     steps: list[Step]
     last_epoch: dict[str, float]
     """Rank 0's logged metrics of the last epoch: epoch_train_s, time_share_*, …"""
+    cores: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Cores each role of process used during the steady window (bench/process_cpu.py)."""
+
+    @property
+    def steady_window(self) -> tuple[Step, Step]:
+        """The steady state: the end of step WARMUP_STEPS of the last epoch to the end of its last step."""
+        last = [s for s in self.steps if s.epoch == self.steps[-1].epoch]
+        return next(s for s in last if s.step_in_epoch == WARMUP_STEPS), last[-1]
 
     @property
     def steady_step_s(self) -> float:
-        last = [s for s in self.steps if s.epoch == self.steps[-1].epoch]
-        start = next(s for s in last if s.step_in_epoch == WARMUP_STEPS)
-        return (last[-1].ended - start.ended) / (last[-1].step_in_epoch - WARMUP_STEPS)
+        start, end = self.steady_window
+        return (end.ended - start.ended) / (end.step_in_epoch - WARMUP_STEPS)
 
     def after_checkpoint(self, every: int, steps_per_epoch: int) -> tuple[float, float]:
         """Mean seconds of the steady steps right after a mid-epoch checkpoint report, and of the others."""
@@ -222,6 +230,24 @@ def print_checkpoint_blocking(pairs: list[tuple[RunResult, RunResult]], spec: Jo
         print(f"  {side[0].mode:10s} {a:.3f} vs {o:.3f} s ({a / o - 1:+.1%})")
 
 
+def print_cores(pairs: list[tuple[RunResult, RunResult]]) -> None:
+    measured = pairs[1:]
+    names = (measured[0][0].mode, measured[0][1].mode)
+    print(f"\nWho used the {os.cpu_count()} cores in the steady window (cores, median over {len(measured)} runs; "
+          "sampled each second, bench/process_cpu.py):")
+    print(f"{'process':28s} {names[0]:>10s} {names[1]:>10s}")
+    rows = {role: [statistics.median(run.cores.get(role, 0.0) for run in side) for side in zip(*measured)]
+            for role in ROLES}
+    for role, values in rows.items():
+        if max(values) >= 0.0005:
+            print(f"{role:28s} {values[0]:10.3f} {values[1]:10.3f}")
+    work = ("ranks", "loader workers")
+    besides = [sum(v[i] for role, v in rows.items() if role not in work) for i in range(2)]
+    print(f"{'all but ranks and loaders':28s} {besides[0]:10.3f} {besides[1]:10.3f}   "
+          f"({names[1]} takes {besides[1] - besides[0]:+.3f} cores more: "
+          f"{(besides[1] - besides[0]) / (os.cpu_count() or 1):+.1%} of this machine)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="smoke", help="a spec with a data.synth section (smoke, demo)")
@@ -253,17 +279,21 @@ def main() -> None:
               f"{args.steps_per_epoch} steps per epoch, {args.epochs} epochs, checkpoint every "
               f"{spec.checkpoint.every_steps} steps, evaluation after the last epoch")
         pairs = []
-        for index in range(args.pairs + 1):
-            tag = uuid.uuid4().hex[:6]
-            a = run_torchrun(spec, Path(tmp), f"torchrun-{index}-{tag}")
-            b = run_ray_train(spec, env, f"bench-ray-{index}-{tag}")
-            pairs.append((a, b))
-            print(f"  pair {index} ({'warm-up' if index == 0 else 'measured'}): torchrun {a.steady_step_s:.3f} "
-                  f"s/step, Ray Train {b.steady_step_s:.3f} s/step", flush=True)
+        with ProcessCpu() as cpu:
+            for index in range(args.pairs + 1):
+                tag = uuid.uuid4().hex[:6]
+                a = run_torchrun(spec, Path(tmp), f"torchrun-{index}-{tag}")
+                b = run_ray_train(spec, env, f"bench-ray-{index}-{tag}")
+                a, b = (dataclasses.replace(run, cores=cpu.cores_by_role(*(s.ended for s in run.steady_window)))
+                        for run in (a, b))
+                pairs.append((a, b))
+                print(f"  pair {index} ({'warm-up' if index == 0 else 'measured'}): torchrun {a.steady_step_s:.3f} "
+                      f"s/step, Ray Train {b.steady_step_s:.3f} s/step", flush=True)
         print()
         print_pairs(pairs)
         print_time_shares(pairs)
         print_checkpoint_blocking(pairs, spec)
+        print_cores(pairs)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ convention: backward costs twice the forward), times the batch. The peak comes f
 by device name, or `--peak-tflops`.
 
 Two host-side figures put the step in context: the hand-over of one loader batch to the GPU as the
-training loop does it now (`received`: float32 on the CPU, then a pageable copy to the device), and the
+training loop does it (a pageable copy of the uint8 batch; the model converts it to float32 on the
+device, inside the timed step), and the
 data-loader limit per GPU: one core's decode-and-augment rate at `--size`² (bench/loader_throughput.py's
 `limit`) × this machine's cores / its GPUs, against what the fastest configuration consumes.
 """
@@ -59,9 +60,10 @@ def peak_tflops(device_name: str) -> float | None:
 
 
 def random_batch(batch: int, size: int, faces: int, seed: int = 0) -> dict:
-    """Raw-RGB float images 0..255 [B, 3, S, S] and `faces` xyxy boxes per image, 8 to S/3 pixels wide."""
+    """Raw-RGB uint8 images [B, 3, S, S], as the training loader sends them, and `faces` xyxy boxes
+    per image, 8 to S/3 pixels wide."""
     rng = np.random.default_rng(seed)
-    images = torch.from_numpy(rng.uniform(0, 255, (batch, 3, size, size)).astype(np.float32))
+    images = torch.from_numpy(rng.integers(0, 256, (batch, 3, size, size), dtype=np.uint8))
     targets = []
     for _ in range(batch):
         wh = rng.uniform(8, size / 3, (faces, 1)) * np.array([[1.0, 1.25]])
@@ -104,7 +106,8 @@ def time_config(spec: JobSpec, batch: dict, device: torch.device, name: str, ste
 
 
 def hand_over_s(batch: int, size: int, device: torch.device, repeats: int = 5) -> float:
-    """Seconds to turn one uint8 loader batch into float32 on the device, as the loop does now."""
+    """Seconds to hand one uint8 loader batch to the device as the loop does (the float32
+    conversion is the model's first operation, in the step)."""
     from data_shards.samples import received
     from jobs.train.steps import to_device
 
@@ -112,7 +115,7 @@ def hand_over_s(batch: int, size: int, device: torch.device, repeats: int = 5) -
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        to_device(received({"images": uint8.clone(), "targets": []}), device)
+        to_device(received({"images": uint8.clone(), "targets": []}, float_images=False), device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
@@ -193,8 +196,8 @@ def main() -> None:
 
     config, step_s = best
     hand_over = hand_over_s(batch_size, args.size, device)
-    print(f"\nhand-over of one loader batch to the device as the loop does it (uint8 -> float32 on the CPU, "
-          f"pageable copy): {hand_over * 1000:.1f} ms, {hand_over / step_s:.1%} of the {config} step; "
+    print(f"\nhand-over of one loader batch to the device as the loop does it (pageable copy of the uint8; "
+          f"the model converts on the device): {hand_over * 1000:.1f} ms, {hand_over / step_s:.1%} of the {config} step; "
           "it is in the trainer's data wait")
     cores = len(os.sched_getaffinity(0))
     per_core = decode_rate_per_core(args.size)

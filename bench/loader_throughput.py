@@ -38,7 +38,8 @@ import psutil
 from harness import private_platform, s3_settings, summarise
 from data_shards.augment import TrainTransform, photometric, sample_train_transform
 from data_shards.batch_buffers import BatchBuffers, release, write_rgb_planes
-from data_shards.loader import AugmentConfig, LoaderConfig, decode_sample, face_boxes, make_train_loader
+from data_shards.loader import (AugmentConfig, LoaderConfig, decode_sample, face_boxes, make_train_loader,
+                                release_images)
 from data_shards.manifest import manifest_url, read_manifest, shard_urls
 from data_shards.s3_opener import register_s3_opener
 from data_shards.shard_writer import build_split
@@ -63,7 +64,8 @@ class Rate:
     """CPU milliseconds per image of the process(es) doing the work: this one for the limit, the
     dataloader workers for the loader. CPU time is little affected by other load on the machine."""
     trainer_cpu_ms: float = 0.0
-    """CPU milliseconds per image of the process receiving the loader's batches (uint8 -> float32)."""
+    """CPU milliseconds per image of the process receiving the loader's batches (and releasing
+    their buffers, as the training step does once the model has read them)."""
 
 
 def limit(samples: list[dict], cfg: LoaderConfig) -> Rate:
@@ -100,15 +102,17 @@ def loader_rate(url: str, cfg: LoaderConfig, settings: S3Settings | None) -> Rat
     """The training loader after its first batch (worker start-up and first shard excluded); the
     last batch is left out of the CPU times (the workers exit with it)."""
     batches = iter(make_train_loader(url, cfg, settings=settings))
-    next(batches)
+    release_images(next(batches))
     workers = _dataloader_workers()
     start, cpu, workers_cpu, n = time.perf_counter(), time.process_time(), _cpu_s(workers), 0
     for _ in range(cfg.batches_per_epoch - 2):
-        n += len(next(batches)["targets"])
+        batch = next(batches)
+        n += len(batch["targets"])
+        release_images(batch)  # what the training step does once the model has read the images
     rate, trainer_ms = n / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / n
     worker_ms = 1000 * (_cpu_s(workers) - workers_cpu) / n
-    for _ in batches:
-        pass
+    for batch in batches:
+        release_images(batch)
     return Rate(rate, worker_ms, trainer_ms)
 
 
@@ -217,7 +221,7 @@ def print_rates(rows: list[dict[str, Rate]]) -> None:
         print(f"  {names[key] + ' (its worker)':37s} {cpu[key]:6.2f}   limit / worker "
               f"{summarise([r['limit'].worker_cpu_ms / r[key].worker_cpu_ms for r in rows], TARGET)}")
     trainer = float(np.median([r["local"].trainer_cpu_ms for r in rows]))
-    print(f"  trainer process (receives, uint8 -> float32)   {trainer:6.2f}")
+    print(f"  trainer process (receives the uint8 batch)     {trainer:6.2f}")
 
 
 def print_profile(stages: dict[str, float], rows: list[dict[str, Rate]]) -> None:

@@ -13,13 +13,13 @@ descriptor. bench/loader_throughput.py prints the loader's share of the decode l
     images = buffers.take((8, 3, 640, 640))         # uint8, shared, released by the trainer
     write_rgb_planes(bgr_image, images[0])          # the contract's RGB [3, S, S] layout
     ...                                             # (DataLoader sends it)
-    floats = images.float(); release(images)        # in the training process, once read
+    losses = model(images, targets); release(images)  # in the training process, once read
 
 Each buffer's storage holds the batch and one trailing flag byte (1: handed out, 0: free). The
 worker reuses a buffer only when its flag is 0; the receiving process sets it to 0 after it has
-finished reading the batch (`TrainLoader` does, right after the float conversion). When every
-buffer is out (a consumer that keeps uint8 batches), `take` allocates a fresh one: never a wait,
-never an overwrite of a batch still in use.
+finished reading the batch (the training step does, through `release_images`, once the model has
+normalised the images into float32). When every buffer is out (a consumer that keeps its batches),
+`take` allocates a fresh one: never a wait, never an overwrite of a batch still in use.
 """
 
 from __future__ import annotations

@@ -123,15 +123,17 @@ SMALL_ARRAYS = ("scales", "image_sizes", "valid")
 """Per-image arrays of a val batch that workers send as NumPy, like every target's boxes."""
 
 
-def received(batch: dict[str, Any]) -> dict[str, Any]:
+def received(batch: dict[str, Any], *, float_images: bool) -> dict[str, Any]:
     """A worker's batch as the batch contract states it (:mod:`data_shards.loader`), in the receiving process.
 
-    float32 images; tensors for the small arrays, which workers send as NumPy so that they travel
+    float32 images if `float_images` (val), else the worker's uint8 as they are (train: the model
+    converts them); tensors for the small arrays, which workers send as NumPy so that they travel
     pickled with the batch: a tensor would be moved to a shared-memory segment of its own and
     handed over as a file descriptor through a socket handshake, each (py-spy: ~0.5 ms of worker
     CPU per image for 8 boxes tensors a batch, as much as the tar parsing).
     """
-    batch["images"] = batch["images"].float()
+    if float_images:
+        batch["images"] = batch["images"].float()
     batch["targets"] = [{name: torch.as_tensor(value) for name, value in t.items()} for t in batch["targets"]]
     for name in SMALL_ARRAYS:
         if name in batch:

@@ -10,6 +10,7 @@ end of an epoch for a rank that ran out. The batch contract is in :mod:`data_sha
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -113,14 +114,15 @@ class TrainLoader:
         # reaches them, giving each epoch its own shard permutation and augmentation stream.
         self._source.epoch = self._next_epoch
         self._next_epoch += 1
-        return map(_received_and_release, self._loader)
+        return map(functools.partial(received, float_images=False), self._loader)
 
 
-def _received_and_release(batch: dict[str, Any]) -> dict[str, Any]:
-    images = batch["images"]
-    batch = received(batch)
-    release(images)  # read: its worker may write the next batch into it
-    return batch
+def release_images(batch: dict[str, Any]) -> None:
+    """Hand the buffer of a training batch's uint8 images back to its worker, once they have been
+    read (copied to the GPU, or normalised by the model's first operation on the CPU): the worker
+    may then write a later batch into it. A batch that is never released is never overwritten
+    either: the worker writes into a fresh buffer instead (slower, see `data_shards.batch_buffers`)."""
+    release(batch["images"])
 
 
 def make_train_loader(

@@ -114,7 +114,7 @@ class ValLoader:
             if count == self.num_batches:  # cannot happen unless the shards changed under us
                 raise RuntimeError(f"validation yielded more than the {self.num_batches} batches its manifest allows")
             count += 1
-            yield received(batch)
+            yield received(batch, float_images=True)
         for _ in range(self.num_batches - count):
             yield padding_batch(self._size_multiple)
 

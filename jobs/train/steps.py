@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_shards.loader import release_images
 from isrn_model.tta import with_tta
 
 
@@ -80,6 +81,9 @@ def train_step(
             started = time.perf_counter()
             with autocast(device, amp):
                 losses = model(images, targets)
+            # The model has read the uint8 images (normalised them into float32, on the device):
+            # the loader's worker may write a later batch into their buffer.
+            release_images(batch)
             loss = sum(losses.values()) / len(micro_batches)
             values = {name: float(value.detach()) for name, value in losses.items()}
             if not all(math.isfinite(v) for v in values.values()):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from data_shards.batch_buffers import BatchBuffers, release, write_rgb_planes
-from data_shards.loader import AugmentConfig, LoaderConfig, make_train_loader, to_tensor
+from data_shards.loader import AugmentConfig, LoaderConfig, make_train_loader, release_images, to_tensor
 from tests.data_shards.test_loader import uneven_shards
 
 
@@ -55,3 +55,23 @@ def test_a_slow_consumer_gets_the_same_batches_as_a_fast_one(wider_root, tmp_pat
         slow.append(batch["images"])
     assert len(fast) == len(slow) == 8
     assert all(torch.equal(a, b) for a, b in zip(fast, slow, strict=True))
+
+
+def test_a_training_loop_that_releases_its_batches_reuses_the_workers_buffers(wider_root, tmp_path):
+    # What jobs.train.steps does once the model has read a batch: the worker then writes into the
+    # same shared memory again; the uint8 images are what a slow consumer that keeps them sees.
+    url = uneven_shards(wider_root, tmp_path, "train", [6, 6])
+    cfg = LoaderConfig(batch_size=2, augment=AugmentConfig(out_size=64), num_workers=1, shuffle_buffer=4,
+                       batches_per_epoch=8, prefetch_factor=2)
+    loader = make_train_loader(url, cfg)
+    kept = [b["images"] for b in loader]  # never released: each in a buffer of its own
+    loader.set_epoch(0)
+    copies, storages = [], set()
+    for batch in loader:
+        assert batch["images"].dtype == torch.uint8
+        copies.append(batch["images"].clone())
+        storages.add(batch["images"].untyped_storage().data_ptr())
+        release_images(batch)
+    assert all(torch.equal(a, b) for a, b in zip(kept, copies, strict=True))
+    assert len({b.untyped_storage().data_ptr() for b in kept}) == 8
+    assert len(storages) <= cfg.prefetch_factor + 2  # the worker's pool, mapped here once each

@@ -53,8 +53,7 @@ def test_train_batches_equal_per_rank_with_uneven_shards(wider_root, tmp_path):
             batches = list(loader)
             counts.append(len(batches))
         batch = batches[0]
-        assert batch["images"].shape == (2, 3, 128, 128) and batch["images"].dtype == torch.float32
-        assert 0 <= float(batch["images"].min()) and float(batch["images"].max()) <= 255
+        assert batch["images"].shape == (2, 3, 128, 128) and batch["images"].dtype == torch.uint8  # the model converts
         for target in batch["targets"]:
             boxes = target["boxes"]
             assert boxes.dtype == torch.float32 and boxes.shape[1] == 4

@@ -29,8 +29,8 @@ def tiny():
 
 def test_bad_images_are_named(tiny):
     tiny.eval()
-    with pytest.raises(TypeError, match="torch.float32.*torch.uint8"):
-        tiny(torch.zeros(1, 3, 128, 128, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="torch.float32 or torch.uint8.*got dtype torch.float16"):
+        tiny(torch.zeros(1, 3, 128, 128, dtype=torch.float16))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\], got \[1, 1, 128, 128\]"):
         tiny(torch.zeros(1, 1, 128, 128))
     with pytest.raises(ValueError, match=r"got \[3, 128, 128\]"):
@@ -143,3 +143,12 @@ def test_overfits_one_image_with_three_faces():
                 break
     assert found is not None, f"not every face detected after 300 steps; last losses {losses}"
     assert time.monotonic() - start < 240
+
+
+def test_uint8_images_are_normalised_exactly_as_their_float32_values(tiny):
+    # The training loader sends uint8; the model's first operation converts them, with no float copy before.
+    pixels = torch.randint(0, 256, (2, 3, 100, 150), dtype=torch.uint8)
+    assert torch.equal(tiny.preprocess(pixels), tiny.preprocess(pixels.float()))
+    assert tiny.preprocess(pixels).dtype == torch.float32
+    with pytest.raises(TypeError, match="float32 or torch.uint8"):
+        tiny.preprocess(pixels.double())

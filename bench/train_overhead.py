@@ -160,7 +160,7 @@ def run_ray_train(spec: JobSpec, env: JobEnvironment, name: str) -> RunResult:
     def drain() -> None:  # what ProgressDisplay does, timing each event as it arrives
         while not stop.is_set() or not queue.empty():
             try:
-                kind, data = queue.get(timeout=0.2)
+                kind, data = queue.get(timeout=0.5)  # as ProgressDisplay polls
             except Exception:  # noqa: BLE001 - Empty
                 continue
             events.append((time.time(), kind, data))

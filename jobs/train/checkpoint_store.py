@@ -150,10 +150,15 @@ class CheckpointStore:
         return removed
 
     def prune_except(self, keep: set[str]) -> list[str]:
-        """Delete every step folder whose path is not in `keep`: after a run, those Ray never
-        registered (its `num_to_keep` cannot see them) and half uploads."""
-        keep = {k.rstrip("/") for k in keep}
-        removed = [p for p in self.folders() if p not in keep]
+        """Delete the step folders not in `keep` that are incomplete or older than the newest kept
+        one: after a run, those Ray never registered (its `num_to_keep` cannot see them) and half
+        uploads. Folders are matched by their step, whatever prefix the paths carry. A complete
+        checkpoint newer than every kept one is never deleted: after a successful run it can only
+        be one Ray has not told about yet, and it holds the newest weights."""
+        keep_steps = {step_of(path) for path in keep} - {None}
+        newest_kept = max(keep_steps, default=-1)
+        removed = [p for p in self.folders() if step_of(p) not in keep_steps
+                   and ((step_of(p) or 0) < newest_kept or self.read(p) is None)]
         for path in removed:
             self.delete(path)
         return removed

@@ -176,7 +176,8 @@ def prune_unregistered_checkpoints(spec: JobSpec, env: JobEnvironment, run_name:
         kept.add(result.checkpoint.path)
     store = CheckpointStore(filesystem or fs.LocalFileSystem(), f"{storage_path}/{run_name}")
     for path in store.prune_except(kept):
-        log.info("pruned checkpoint %s (not kept by Ray)", path)
+        # Rare after a successful run (Ray deletes what it evicts itself): say so, with what Ray kept.
+        log.warning("pruned checkpoint folder %s: not kept by Ray (kept: %s)", path, sorted(kept))
 
 
 def log_best_model(tracking_uri: str, run_id: str, checkpoint, spec: JobSpec, report: dict[str, Any],

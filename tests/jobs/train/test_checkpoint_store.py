@@ -48,12 +48,17 @@ def test_upload_writes_the_marker_last_and_latest_skips_incomplete_folders(tmp_p
     assert (restored / "nested" / "extra.txt").read_text() == "x"
 
 
-def test_prune_except_keeps_exactly_the_given_folders(tmp_path):
+def test_prune_except_keeps_the_given_folders_and_anything_complete_and_newer(tmp_path):
     store = CheckpointStore.local(tmp_path / "run")
-    paths = [store.upload(_checkpoint(tmp_path, f"c{step}"), step=step, epoch=0) for step in (4, 6, 8)]
+    paths = [store.upload(_checkpoint(tmp_path, f"c{step}"), step=step, epoch=0) for step in (4, 6, 8, 12)]
+    half = Path(store.path_of(14))
+    half.mkdir()  # a half upload: no marker
     (tmp_path / "run" / "faults").mkdir()  # not a checkpoint folder: left alone
-    assert store.prune_except({paths[1] + "/"}) == [paths[0], paths[2]]
-    assert store.folders() == [paths[1]] and (tmp_path / "run" / "faults").is_dir()
+    # Kept by Ray: 6 and 8, named with another prefix (matched by step). 4 is older and unkept: pruned;
+    # 12 is complete and newer than anything kept: never deleted; 14 is incomplete: pruned.
+    assert store.prune_except({"s3://elsewhere/step_00000006/", "x/step_00000008"}) == [paths[0], str(half)]
+    assert store.folders() == paths[1:] and (tmp_path / "run" / "faults").is_dir()
+    assert store.prune_except(set()) == [] and store.folders() == paths[1:]  # nothing kept: complete ones stay
 
 
 def test_an_empty_or_missing_run_has_no_checkpoint(tmp_path):

@@ -40,8 +40,7 @@ demo: platform-up
 	@# The generated images stay on disk after training; regenerated (same seed, same images) when
 	@# data/demo was deleted while the shards were kept in the platform's S3.
 	@test -d data/demo/WIDER_val/images || $(PY) -c 'from jobs.spec import load_spec; \
-	    from data_shards.synth import generate_dataset; s = load_spec("demo").data.synth; \
-	    generate_dataset(s.root, train=s.train_images, val=s.val_images, seed=s.seed, config=s.generator)'
+	    from jobs.preparation import generate_synth; generate_synth(load_spec("demo").data.synth)'
 	$(ISRN) detect $$(ls data/demo/WIDER_val/images/*/*.jpg | head -n 3) --out demo-detections
 	@echo
 	@echo "Detections:    demo-detections/ (JSON boxes and annotated images)"

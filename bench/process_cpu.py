@@ -39,11 +39,11 @@ def role_of(pid: int, command: str, driver_pid: int) -> str:
         return "loader workers"  # the fork server of a rank's DataLoader and the workers it forks
     if "ray::_QueueActor" in command:
         return "progress queue (Ray actor)"
-    if "ray::" in command and "Agent" not in command or "default_worker.py" in command or "setup_worker.py" in command:
-        return "Ray Train actors"  # controller, synchronisation, placement-group cleaner, ... and starting workers
-    if any(name in command for name in ("raylet", "gcs_server", "dashboard", "ray::", "log_monitor", "ray/autoscaler",
+    if any(name in command for name in ("raylet", "gcs_server", "dashboard", "Agent", "log_monitor", "ray/autoscaler",
                                         "ray.util.client.server", "runtime_env", "monitor.py")):
-        return "Ray node services"
+        return "Ray node services"  # (the dashboard and runtime-env agents name themselves ray::…Agent)
+    if "ray::" in command or "default_worker.py" in command or "setup_worker.py" in command:
+        return "Ray Train actors"  # controller, synchronisation, placement-group cleaner, ... and starting workers
     if "weed" in command:
         return "S3 server"
     if "mlflow" in command or "uvicorn" in command:

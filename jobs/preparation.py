@@ -27,7 +27,7 @@ from data_shards.storage import StorageAccessError, arrow_s3_filesystem, check_a
 from jobs import tags
 from jobs.cluster import Bundle, ClusterTooSmallError, wait_for_resources, worker_bundles
 from jobs.environment import JobEnvironment
-from jobs.spec import JobSpec, SpecError
+from jobs.spec import JobSpec, SpecError, SynthData
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +86,26 @@ def ensure_data(spec: JobSpec, env: JobEnvironment) -> None:
     if not missing:
         return
     from data_shards.shard_writer import build_split
+
+    root = generate_synth(synth)
+    for split in missing:
+        log.info("building %s shards in %s", split, spec.data.shards)
+        build_split(root, split, spec.data.shards, shard_size_mb=synth.shard_size_mb, settings=env.s3,
+                    progress=False)
+
+
+def generate_synth(synth: SynthData) -> Path:
+    """The spec's generated WIDER-format data set, generated (seeded: always the same images) unless
+    it is there already; returns its root, relative paths taken from the current folder."""
     from data_shards.synth import generate_dataset
 
-    root = synth.root.expanduser().absolute()  # relative: to the folder the command runs in
+    root = synth.root.expanduser().absolute()
     if not (root / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
         log.info("generating a WIDER-format data set in %s (%d train, %d val images)", root,
                  synth.train_images, synth.val_images)
         generate_dataset(root, train=synth.train_images, val=synth.val_images, seed=synth.seed,
                          config=synth.generator)
-    for split in missing:
-        log.info("building %s shards in %s", split, spec.data.shards)
-        build_split(root, split, spec.data.shards, shard_size_mb=synth.shard_size_mb, settings=env.s3,
-                    progress=False)
+    return root
 
 
 def _read_split_manifest(spec: JobSpec, split: str, env: JobEnvironment) -> Manifest | None:

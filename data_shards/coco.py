@@ -186,8 +186,9 @@ def _person_categories(path: Path, data: dict) -> set[int]:
     ids = {c.get("id") for c in data["categories"] if isinstance(c, dict) and c.get("name") == PERSON_CATEGORY}
     if not ids:
         names = sorted(str(c.get("name")) for c in data["categories"] if isinstance(c, dict))[:5]
-        raise CocoFormatError(path, f"no category named {PERSON_CATEGORY!r} (categories: {', '.join(names) or 'none'}): "
-                                    "give COCO's instances_*.json, person_keypoints_*.json or coco_wholebody_*.json")
+        raise CocoFormatError(path, f"no category named {PERSON_CATEGORY!r} (categories: "
+                                    f"{', '.join(names) or 'none'}): give COCO's instances_*.json, "
+                                    "person_keypoints_*.json or coco_wholebody_*.json")
     return ids
 
 
@@ -259,8 +260,9 @@ def _face(path: Path, ann: dict, ann_id: int, image: dict, boxes: str,
     if x2 > x1 and y2 > y1:
         width, height = image["width"], image["height"]
         if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-            raise CocoFormatError(path, f"{where}: its box {values} lies outside the {width} × {height} image: fix its "
-                                        "box or its image_id (or the image's width and height), or remove the annotation")
+            raise CocoFormatError(path, f"{where}: its box {values} lies outside the {width} × {height} image: "
+                                        "fix its box or its image_id (or the image's width and height), or remove "
+                                        "the annotation")
         clipped = (max(x1, 0), max(y1, 0), min(x2, width), min(y2, height))
         counts["clipped"] += clipped != (x1, y1, x2, y2)
         x1, y1, x2, y2 = clipped

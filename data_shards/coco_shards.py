@@ -66,8 +66,8 @@ def build_coco_split(
         raise FileNotFoundError(f"COCO images folder not found: {images_dir}")
     coco = read_coco(annotations, boxes=boxes)
     if not coco.images:
-        raise CocoFormatError(coco.path, f"no image has a {boxes} box: nothing to shard"
-                                         + ("; --boxes face needs COCO-WholeBody's face_box" if boxes == "face" else ""))
+        hint = "; --boxes face needs COCO-WholeBody's face_box" if boxes == "face" else ""
+        raise CocoFormatError(coco.path, f"no image has a {boxes} box: nothing to shard{hint}")
     log.info("%s: %s", coco.path.name, ", ".join(f"{k} {v}" for k, v in sorted(coco.counts.items())))
     sizes = image_sizes(coco.path, images_dir, coco.images)
     annotation_sha = sha256_file(coco.path)

@@ -162,3 +162,19 @@ def test_wider_builds_keep_their_versions(wider_root, tmp_path):
     with tarfile.open(fileobj=io.BytesIO((tmp_path / "s" / "train" / manifest.shards[0].name).read_bytes())) as tar:
         record = json.loads(tar.extractfile([m for m in tar.getmembers() if m.name.endswith(".json")][0]).read())
     assert record["source"].startswith("WIDER_train/images/") and "image_id" not in record
+
+
+@pytest.mark.integration
+def test_through_the_real_s3_the_loaders_and_the_metric_read_it(coco_root, s3_env, fresh_bucket, tmp_path):
+    from data_shards.loader import AugmentConfig, LoaderConfig, make_train_loader, make_val_loader
+
+    url = f"s3://{fresh_bucket}/coco-face"
+    for split in ("train", "val"):
+        build_coco_split(annotation_path(coco_root, split), coco_root / f"WIDER_{split}" / "images", split, url,
+                         boxes="face", shard_size_mb=0.05, progress=False)
+    fetch_ground_truth(manifest_url(url, "val"), tmp_path / "gt")
+    truth = load_ground_truth(tmp_path / "gt")
+    config = LoaderConfig(batch_size=2, augment=AugmentConfig(out_size=96), num_workers=1, val_batch_size=4)
+    keys = [k for batch in make_val_loader(manifest_url(url, "val"), config) for k in batch["keys"]]
+    assert sorted(keys) == sorted(truth.keys())
+    assert len(list(make_train_loader(manifest_url(url, "train"), config))) > 0

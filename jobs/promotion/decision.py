@@ -2,8 +2,8 @@
 
 A candidate is a run's *logged model* scored by its own metrics: the AP that training measured on
 the weights it logged (`val_ap_easy/medium/hard` on the MLflow 3 LoggedModel), on the val manifest
-the run names. A run's last logged `val_ap_hard` is not used: it may belong to other weights
-(issue #12). Nothing here talks to MLflow; `registry.py` builds the `ModelRecord`s.
+the run names. A run's last logged `val_ap_hard` is not used: it may belong to other weights.
+Nothing here talks to MLflow; `registry.py` builds the `ModelRecord`s.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 
+from jobs.metrics import AP_METRICS, VAL_AP_HARD
 from jobs.tags import MODEL_URI, VAL_MANIFEST
 
-AP_METRICS = ("val_ap_easy", "val_ap_medium", "val_ap_hard")
-"""The logged model's own metrics that promotion reads and copies onto the model version."""
+__all__ = ["AP_METRICS", "Candidate", "Decision", "ModelRecord", "PromotionRule", "rank", "should_promote"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Candidate:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PromotionRule:
-    metric: str = "val_ap_hard"
+    metric: str = VAL_AP_HARD
     """A metric of the logged model (not of the run)."""
     margin: float = 0.0
     """The candidate must beat the champion by at least this (and strictly)."""

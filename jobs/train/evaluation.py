@@ -24,7 +24,7 @@ from data_shards.storage import S3Settings
 from isrn_model.wider_eval import WiderFaceEvaluator, WiderGroundTruth, WiderResult, load_ground_truth
 from isrn_model.wider_eval.plot import plot_pr_curves
 from jobs.train.steps import detect_batch
-from jobs.train.tracking import NullTracker
+from jobs.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,13 @@ def gather_to_main(part: dict) -> list[dict] | None:
 
 
 def evaluate_epoch(model: torch.nn.Module, val_loader, device: torch.device, *, ground_truth: WiderGroundTruth,
-                   epoch: int, is_main: bool, tracker: NullTracker, grid_size: int) -> dict[str, float] | None:
+                   epoch: int, is_main: bool, tracker: Tracker, grid_size: int,
+                   amp: bool = False) -> dict[str, float] | None:
     """AP per setting on rank 0 (None on other ranks); every rank runs its share of the val set."""
     evaluator = WiderFaceEvaluator(ground_truth, gather=gather_to_main)
     grid: list[np.ndarray] = []
     for batch in val_loader:
-        detections = list(detect_batch(model, batch, device))
+        detections = list(detect_batch(model, batch, device, amp=amp))
         for key, boxes, scores in detections:
             evaluator.process(key, boxes, scores)
         if is_main and len(grid) < grid_size:
@@ -72,7 +73,7 @@ def evaluate_epoch(model: torch.nn.Module, val_loader, device: torch.device, *, 
     return {setting: float(ap) for setting, ap in result.ap.items()}
 
 
-def _log_artifacts(tracker: NullTracker, result: WiderResult, grid: list[np.ndarray], epoch: int) -> None:
+def _log_artifacts(tracker: Tracker, result: WiderResult, grid: list[np.ndarray], epoch: int) -> None:
     with tempfile.TemporaryDirectory(prefix="isrn-eval-") as directory:
         plot = plot_pr_curves(result, Path(directory) / f"pr_epoch_{epoch:03d}.png", label=f"epoch {epoch}")
         tracker.log_artifact(plot, "pr_curves")

@@ -12,6 +12,7 @@ import torch
 
 from isrn_model.builder import build_isrn
 from isrn_model.export import ExportableISRN, save_model
+from jobs import metrics as M
 from jobs import tags
 from jobs.spec import JobSpec
 from jobs.train.checkpoints import load_checkpoint
@@ -24,7 +25,7 @@ MODEL_NAME = "model"
 def detector_from_checkpoint(checkpoint_dir: Path, spec: JobSpec | None = None):
     """The eager ISRN of a training checkpoint (in eval mode) and the spec it was trained with."""
     _, payload = load_checkpoint(checkpoint_dir)
-    spec = spec or JobSpec.model_validate(payload["spec"])
+    spec = spec or JobSpec.from_dict(payload["spec"])
     model = build_isrn(spec.model, loss=spec.loss, inference=spec.inference)
     model.load_state_dict(payload["model"])
     return model.eval(), spec
@@ -80,7 +81,7 @@ def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: Job
 
 def log_model_metrics(tracking_uri: str, run_id: str, model_uri: str, ap: Mapping[str, float], *, epoch: int,
                       step: int, val_manifest: str | None) -> None:
-    """Record the AP of the logged model's own weights on the model and on the run (issue #12).
+    """Record the AP of the logged model's own weights on the model and on the run.
 
     `ap` maps `easy`/`medium`/`hard` to the AP that evaluating exactly the weights of `model_uri`
     (`models:/m-…`) gave on the val manifest `val_manifest`, after `epoch` at `step`. The LoggedModel
@@ -98,8 +99,8 @@ def log_model_metrics(tracking_uri: str, run_id: str, model_uri: str, ap: Mappin
     model_id = model_uri.removeprefix("models:/")
     now = int(time.time() * 1000)
     dataset = {"dataset_name": "val", "dataset_digest": val_manifest} if val_manifest else {}
-    on_model = [Metric(f"val_ap_{k}", float(v), now, step, model_id=model_id, **dataset) for k, v in ap.items()]
-    on_run = [Metric(f"best_val_ap_{k}", float(v), now, step) for k, v in ap.items()]
-    on_run += [Metric("best_epoch", float(epoch), now, step), Metric("best_step", float(step), now, step)]
+    on_model = [Metric(M.VAL_AP[k], float(v), now, step, model_id=model_id, **dataset) for k, v in ap.items()]
+    on_run = [Metric(M.BEST_VAL_AP[k], float(v), now, step) for k, v in ap.items()]
+    on_run += [Metric(M.BEST_EPOCH, float(epoch), now, step), Metric(M.BEST_STEP, float(step), now, step)]
     client.log_batch(run_id, metrics=on_model + on_run, synchronous=True)
-    client.log_model_params(model_id, {"best_epoch": str(epoch), "best_step": str(step)})
+    client.log_model_params(model_id, {M.BEST_EPOCH: str(epoch), M.BEST_STEP: str(step)})

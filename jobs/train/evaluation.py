@@ -17,12 +17,12 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from data_shards.manifest import fetch_ground_truth
 from data_shards.storage import S3Settings
 from isrn_model.wider_eval import WiderFaceEvaluator, WiderGroundTruth, WiderResult, load_ground_truth
 from isrn_model.wider_eval.plot import plot_pr_curves
+from jobs.train.collectives import gather_to_rank_0
 from jobs.train.steps import detect_batch
 from jobs.train.tracking import Tracker
 
@@ -40,23 +40,11 @@ def ground_truth_of(val_manifest: str, settings: S3Settings) -> WiderGroundTruth
         return load_ground_truth(Path(directory))
 
 
-def gather_to_main(part: dict) -> list[dict] | None:
-    """Every rank's dict on rank 0 (None elsewhere); the local dict alone without a process group.
-
-    A collective: every rank calls it.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [part]
-    parts: list[dict] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None  # type: ignore[list-item]
-    dist.gather_object(part, parts, dst=0)
-    return parts
-
-
 def evaluate_epoch(model: torch.nn.Module, val_loader, device: torch.device, *, ground_truth: WiderGroundTruth,
                    epoch: int, is_main: bool, tracker: Tracker, grid_size: int,
                    amp: bool = False) -> dict[str, float] | None:
     """AP per setting on rank 0 (None on other ranks); every rank runs its share of the val set."""
-    evaluator = WiderFaceEvaluator(ground_truth, gather=gather_to_main)
+    evaluator = WiderFaceEvaluator(ground_truth, gather=functools.partial(gather_to_rank_0, device=device))
     grid: list[np.ndarray] = []
     for batch in val_loader:
         detections = list(detect_batch(model, batch, device, amp=amp))

@@ -41,7 +41,8 @@ from jobs.train.evaluation import evaluate_epoch, ground_truth_of
 from jobs.train.init_from import initialise_from
 from jobs.train.progress import EpochEnded, EpochStarted, Evaluated, ProgressSink, Resumed, StepDone
 from jobs.train.schedule import build_optimizer, learning_rate, set_learning_rate
-from jobs.train.session import Session, broadcast_from_rank_0
+from jobs.train.collectives import broadcast_from_rank_0, parameter_spread
+from jobs.train.session import Session
 from jobs.train.steps import BatchFeeder, train_step
 from jobs.train.timing import GradientClock, StepTimer
 from jobs.train.tracking import Tracker, describe
@@ -253,7 +254,7 @@ class Trainer:
             # Wall time of the epoch's steps, mid-epoch checkpoint reports included (bench/train_overhead.py).
             M.EPOCH_TRAIN_SECONDS: train_s,
             M.EPOCH_STEPS: steps,
-            M.PARAM_DIVERGENCE: parameter_divergence(self.model, self.device),
+            M.PARAM_DIVERGENCE: parameter_spread(unwrap(self.model), self.device),
         }
 
     def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, Tensor]:
@@ -271,7 +272,7 @@ class Trainer:
                             ground_truth=ground_truth_of(self.job.val_manifest, self.settings), epoch=state.epoch,
                             is_main=self.is_main, tracker=self.tracker, grid_size=spec.eval.image_grid,
                             amp=spec.eval.amp)
-        ap = broadcast_from_rank_0(ap)  # every rank reports the same numbers
+        ap = broadcast_from_rank_0(ap, self.device)  # every rank reports the same numbers
         state.last_ap, state.last_ap_epoch = ap, state.epoch
         state.best_ap_hard = max(state.best_ap_hard, ap["hard"])
         self.progress.emit(Evaluated(epoch=state.epoch, epochs=self.plan.epochs, ap=ap,
@@ -338,20 +339,3 @@ def prepare_for_device(model: torch.nn.Module, spec: JobSpec, device: torch.devi
         for part in (model.backbone, model.neck, *model.heads):
             part.compile()
     return model
-
-
-def parameter_divergence(model: torch.nn.Module, device: torch.device) -> float:
-    """Largest difference between ranks of a float64 checksum of the parameters (0.0 when in sync).
-
-    A collective: every rank calls it. DDP keeps replicas identical; this proves it each epoch. The
-    checksum is computed and gathered on the worker's device (NCCL gathers no CPU tensors).
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return 0.0
-    checksum = torch.stack([p.detach().double().sum() for p in unwrap(model).parameters()]).sum().reshape(1)
-    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, checksum.to(device))
-    values = torch.cat(gathered)
-    return float(values.max() - values.min())

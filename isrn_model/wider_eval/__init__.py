@@ -19,17 +19,20 @@ from isrn_model.wider_eval.evaluate import (
 )
 from isrn_model.wider_eval.evaluator import WiderFaceEvaluator
 from isrn_model.wider_eval.ground_truth import (
+    ATTRIBUTE_VALUES,
+    ATTRIBUTES,
     SETTINGS,
     GroundTruthImage,
     ImageKey,
     WiderGroundTruth,
     ground_truth_from_arrays,
-    load_ground_truth,
-    save_ground_truth,
 )
+from isrn_model.wider_eval.mat_files import ground_truth_mat_files, load_ground_truth, save_ground_truth
 from isrn_model.wider_eval.predictions import read_prediction_file, read_predictions, write_predictions
 
 __all__ = [
+    "ATTRIBUTES",
+    "ATTRIBUTE_VALUES",
     "IOU_THRESHOLD",
     "SETTINGS",
     "THRESHOLD_COUNT",
@@ -41,6 +44,7 @@ __all__ = [
     "box_overlap",
     "evaluate",
     "ground_truth_from_arrays",
+    "ground_truth_mat_files",
     "load_ground_truth",
     "match_faces",
     "normalize_scores",

@@ -7,15 +7,14 @@ champion's AP table; each version's description gives the promotion decision and
 
 from __future__ import annotations
 
+from isrn_model.wider_eval import SETTINGS
 from jobs.promotion.decision import AP_METRICS, Candidate, Decision, PromotionRule
 from jobs.promotion.lock import lock_name
-
-SETTINGS = ("Easy", "Medium", "Hard")
 
 
 def ap_table(rows: list[tuple[str, Candidate]]) -> str:
     """A markdown table of the WIDER FACE val AP (Easy / Medium / Hard) of each (label, model)."""
-    lines = ["| val AP | " + " | ".join(SETTINGS) + " |", "| --- |" + " --- |" * len(SETTINGS)]
+    lines = ["| val AP | " + " | ".join(s.capitalize() for s in SETTINGS) + " |", "| --- |" + " --- |" * len(SETTINGS)]
     for label, model in rows:
         cells = [f"{model.scores[k]:.4f}" if k in model.scores else "–" for k in AP_METRICS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

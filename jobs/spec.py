@@ -139,6 +139,9 @@ class EvalConfig(Section):
     amp: bool = True
     """GPU only: the network runs under bf16 autocast during evaluation (post-processing stays float32);
     ignored on CPU."""
+    gallery_images: int = Field(default=64, ge=0)
+    """Val images rank 0 keeps in memory during an evaluation (at val resolution) to crop the
+    gallery of missed faces and false positives from; 0: no gallery."""
 
 
 @config_section

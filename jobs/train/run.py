@@ -215,6 +215,7 @@ def log_best_model(job: PreparedJob, run_name: str, run_id: str, best: StoredChe
         local = store.download(best.path, Path(directory))
         model_uri = log_detector(env.tracking_uri, run_id, local, spec, checkpoint_uri=store.url_of(best.path))
     ap = {setting: float(best.metrics[name]) for setting, name in M.VAL_AP.items()}
+    breakdown = {name: float(value) for name, value in best.metrics.items() if name.startswith(M.BREAKDOWN_PREFIX)}
     log_model_metrics(env.tracking_uri, run_id, model_uri, ap, epoch=best.epoch, step=best.step,
-                      val_manifest=job.lineage[tags.VAL_MANIFEST])
+                      val_manifest=job.lineage[tags.VAL_MANIFEST], breakdown=breakdown)
     return model_uri

@@ -37,7 +37,7 @@ from jobs import metrics as M
 from jobs.spec import JobSpec
 from jobs.train.checkpoint_store import UNEVALUATED
 from jobs.train.checkpoints import TrainingState, load_checkpoint, save_checkpoint, unwrap
-from jobs.train.evaluation import evaluate_epoch, ground_truth_of
+from jobs.train.evaluation import eval_settings, evaluate_epoch, ground_truth_of
 from jobs.train.init_from import initialise_from
 from jobs.train.progress import EpochEnded, EpochStarted, Evaluated, ProgressSink, Resumed, StepDone
 from jobs.train.schedule import build_optimizer, learning_rate, set_learning_rate
@@ -134,6 +134,8 @@ class Trainer:
         self.feeder = BatchFeeder(device, pin_memory=spec.train.pin_memory,
                                   channels_last=spec.train.channels_last)
         self.losses = LossLog()
+        self.previous_breakdown = None
+        """Rank 0's latest evaluation breakdown, which the next evaluation's bar chart compares with."""
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -181,8 +183,7 @@ class Trainer:
             metrics = self.train_epoch()
             if state.epoch % spec.eval.every_epochs == 0 or state.epoch == spec.train.epochs:
                 with self.timer.wall("evaluation"):
-                    ap = self.evaluate()
-                metrics.update({M.VAL_AP[setting]: value for setting, value in ap.items()})
+                    metrics.update(self.evaluate())
             with self.timer.wall("checkpoint"):
                 self.report(metrics)
             # The shares are of the epoch's whole wall time: `other` is what no timer covers
@@ -263,21 +264,30 @@ class Trainer:
                           clock=self.clock, amp=self.spec.train.amp, grad_clip_norm=self.spec.train.grad_clip_norm)
 
     def evaluate(self) -> dict[str, float]:
-        """The official WIDER FACE AP of the current weights, the same on every rank."""
+        """The official WIDER FACE AP of the current weights (the same on every rank), and on rank 0
+        the Hard AP of each face subset (`val_ap_hard_<subset>`): metric name -> value."""
         spec, state = self.spec, self.state
         started = time.perf_counter()
         val_loader = make_val_loader(self.job.val_manifest, spec.loader, rank=self.session.rank,
                                      world_size=self.session.world_size, settings=self.settings)
-        ap = evaluate_epoch(self.model, val_loader, self.device,
-                            ground_truth=ground_truth_of(self.job.val_manifest, self.settings), epoch=state.epoch,
-                            is_main=self.is_main, tracker=self.tracker, grid_size=spec.eval.image_grid,
-                            amp=spec.eval.amp)
+        breakdown = evaluate_epoch(self.model, val_loader, self.device,
+                                   ground_truth=ground_truth_of(self.job.val_manifest, self.settings),
+                                   epoch=state.epoch, is_main=self.is_main, tracker=self.tracker,
+                                   grid_size=spec.eval.image_grid, settings=eval_settings(spec.inference,
+                                                                                          spec.loader.val_max_size),
+                                   previous=self.previous_breakdown, gallery_images=spec.eval.gallery_images,
+                                   amp=spec.eval.amp)
+        ap = None if breakdown is None else {setting: float(breakdown.ap(setting)) for setting in M.VAL_AP}
         ap = broadcast_from_rank_0(ap, self.device)  # every rank reports the same numbers
         state.last_ap, state.last_ap_epoch = ap, state.epoch
         state.best_ap_hard = max(state.best_ap_hard, ap["hard"])
         self.progress.emit(Evaluated(epoch=state.epoch, epochs=self.plan.epochs, ap=ap,
                                      seconds=time.perf_counter() - started))
-        return ap
+        metrics = {M.VAL_AP[setting]: value for setting, value in ap.items()}
+        if breakdown is not None:
+            self.previous_breakdown = breakdown
+            metrics.update(M.breakdown_metrics(breakdown))
+        return metrics
 
     def report(self, extra: dict[str, float]) -> None:
         """Report metrics on every rank; rank 0 attaches a checkpoint of the unwrapped model.

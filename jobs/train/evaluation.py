@@ -14,6 +14,7 @@ Rank 0 logs to the MLflow run, at every evaluation:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -69,30 +70,55 @@ def eval_settings(inference: InferenceConfig, val_max_size: int) -> EvalSettings
                         top_k=inference.keep_top_k)
 
 
-def evaluate_epoch(model: torch.nn.Module, val_loader, device: torch.device, *, ground_truth: WiderGroundTruth,
-                   epoch: int, is_main: bool, tracker: Tracker, grid_size: int, settings: EvalSettings,
-                   previous: WiderBreakdown | None = None, gallery_images: int = 64,
-                   amp: bool = False) -> WiderBreakdown | None:
-    """The breakdown of the current weights on rank 0 (None on other ranks); every rank runs its share
-    of the val set. Rank 0 keeps up to `gallery_images` of its images for the grid and the gallery."""
-    evaluator = WiderFaceEvaluator(ground_truth, gather=functools.partial(gather_to_rank_0, device=device))
-    grid: list[np.ndarray] = []
-    held: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
-    for batch in val_loader:
-        detections = list(detect_batch(model, batch, device, amp=amp))
-        for key, boxes, scores in detections:
-            evaluator.process(key, boxes, scores)
-        if is_main and len(grid) < grid_size:
-            grid.extend(_draw(batch, {key: (boxes, scores) for key, boxes, scores in detections}, grid_size - len(grid)))
-        if is_main and len(held) < gallery_images:
-            held.update(_held_images(batch, gallery_images - len(held)))
-    breakdown = evaluator.evaluate_breakdown(settings=settings)
-    if breakdown is None:
-        return None
-    if evaluator.unprocessed:
-        log.warning("epoch %d: %d val images produced no output (skipped as corrupt?)", epoch, evaluator.unprocessed)
-    _log_artifacts(tracker, breakdown, previous, grid, held, evaluator, epoch)
-    return breakdown
+@dataclasses.dataclass(frozen=True)
+class ValEvaluation:
+    """What every evaluation of a run shares: the ground truth, how detections are made and what rank
+    0 logs. `run` is one evaluation (a collective: every rank calls it)."""
+
+    ground_truth: WiderGroundTruth
+    settings: EvalSettings
+    device: torch.device
+    tracker: Tracker
+    is_main: bool
+    grid_size: int
+    """Val images drawn with their boxes in the grid artifact."""
+    gallery_images: int
+    """Val images rank 0 keeps for the gallery of misses and false positives."""
+    amp: bool
+
+    @classmethod
+    def of(cls, spec: Any, ground_truth: WiderGroundTruth, device: torch.device, tracker: Tracker,
+           is_main: bool) -> "ValEvaluation":
+        """The evaluation a job spec asks for (its `eval`, `inference` and `loader.val_max_size`)."""
+        return cls(ground_truth=ground_truth, settings=eval_settings(spec.inference, spec.loader.val_max_size),
+                   device=device, tracker=tracker, is_main=is_main, grid_size=spec.eval.image_grid,
+                   gallery_images=spec.eval.gallery_images, amp=spec.eval.amp)
+
+    def run(self, model: torch.nn.Module, val_loader: Any, *, epoch: int,
+            previous: WiderBreakdown | None = None) -> WiderBreakdown | None:
+        """The breakdown of `model`'s weights on rank 0 (None on other ranks); every rank runs its share
+        of the val set. Rank 0 logs the artifacts, comparing the bar chart with `previous`."""
+        gather = functools.partial(gather_to_rank_0, device=self.device)
+        evaluator = WiderFaceEvaluator(self.ground_truth, gather=gather)
+        grid: list[np.ndarray] = []
+        held: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
+        for batch in val_loader:
+            detections = list(detect_batch(model, batch, self.device, amp=self.amp))
+            for key, boxes, scores in detections:
+                evaluator.process(key, boxes, scores)
+            if self.is_main and len(grid) < self.grid_size:
+                drawn = {key: (boxes, scores) for key, boxes, scores in detections}
+                grid.extend(_draw(batch, drawn, self.grid_size - len(grid)))
+            if self.is_main and len(held) < self.gallery_images:
+                held.update(_held_images(batch, self.gallery_images - len(held)))
+        breakdown = evaluator.evaluate_breakdown(settings=self.settings)
+        if breakdown is None:
+            return None
+        if evaluator.unprocessed:
+            log.warning("epoch %d: %d val images produced no output (skipped as corrupt?)", epoch,
+                        evaluator.unprocessed)
+        _log_artifacts(self.tracker, breakdown, previous, grid, held, evaluator, epoch)
+        return breakdown
 
 
 def _held_images(batch: dict[str, Any], limit: int) -> dict[tuple[str, str], tuple[np.ndarray, float]]:

@@ -37,7 +37,7 @@ from jobs import metrics as M
 from jobs.spec import JobSpec
 from jobs.train.checkpoint_store import UNEVALUATED
 from jobs.train.checkpoints import TrainingState, load_checkpoint, save_checkpoint, unwrap
-from jobs.train.evaluation import eval_settings, evaluate_epoch, ground_truth_of
+from jobs.train.evaluation import ValEvaluation, ground_truth_of
 from jobs.train.init_from import initialise_from
 from jobs.train.progress import EpochEnded, EpochStarted, Evaluated, ProgressSink, Resumed, StepDone
 from jobs.train.schedule import build_optimizer, learning_rate, set_learning_rate
@@ -134,6 +134,7 @@ class Trainer:
         self.feeder = BatchFeeder(device, pin_memory=spec.train.pin_memory,
                                   channels_last=spec.train.channels_last)
         self.losses = LossLog()
+        self.evaluation: ValEvaluation | None = None
         self.previous_breakdown = None
         """Rank 0's latest evaluation breakdown, which the next evaluation's bar chart compares with."""
 
@@ -268,15 +269,12 @@ class Trainer:
         the Hard AP of each face subset (`val_ap_hard_<subset>`): metric name -> value."""
         spec, state = self.spec, self.state
         started = time.perf_counter()
+        if self.evaluation is None:  # the ground truth is fetched at the first evaluation
+            self.evaluation = ValEvaluation.of(spec, ground_truth_of(self.job.val_manifest, self.settings),
+                                               self.device, self.tracker, self.is_main)
         val_loader = make_val_loader(self.job.val_manifest, spec.loader, rank=self.session.rank,
                                      world_size=self.session.world_size, settings=self.settings)
-        breakdown = evaluate_epoch(self.model, val_loader, self.device,
-                                   ground_truth=ground_truth_of(self.job.val_manifest, self.settings),
-                                   epoch=state.epoch, is_main=self.is_main, tracker=self.tracker,
-                                   grid_size=spec.eval.image_grid, settings=eval_settings(spec.inference,
-                                                                                          spec.loader.val_max_size),
-                                   previous=self.previous_breakdown, gallery_images=spec.eval.gallery_images,
-                                   amp=spec.eval.amp)
+        breakdown = self.evaluation.run(self.model, val_loader, epoch=state.epoch, previous=self.previous_breakdown)
         ap = None if breakdown is None else {setting: float(breakdown.ap(setting)) for setting in M.VAL_AP}
         ap = broadcast_from_rank_0(ap, self.device)  # every rank reports the same numbers
         state.last_ap, state.last_ap_epoch = ap, state.epoch

@@ -241,7 +241,7 @@ MLFLOW_CLIENT_DEPLOYMENTS = {"isrn-serve"}
 
 def test_networkpolicies_guard_mlflow_and_postgres(overlay: str, objects: list[dict], render) -> None:
     """PostgreSQL takes connections from the MLflow server only, MLflow from the Ray pods and the
-    model server only (issue #17, item 3); every Ray pod of the platform and its RayJobs carries the
+    model server only; every Ray pod of the platform and its RayJobs carries the
     client label."""
     if overlay.endswith("/jobs"):
         return

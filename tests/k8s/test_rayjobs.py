@@ -139,7 +139,7 @@ def test_train_workers_fill_whole_gpu_pods(jobs_overlay: str, job_clusters) -> N
 
 
 def test_the_placement_check_sees_a_trial_driver_without_a_cpu(render) -> None:
-    """Issue #17, item 6: with all of the GPU pod's 88 CPUs given to Train workers, a trial's driver
+    """With all of the GPU pod's 88 CPUs given to Train workers, a trial's driver
     needs a second pod that maxReplicas forbids."""
     (job,) = [j for j in render("prod/jobs") if _command(j)[0] == "tune"]
     pods = ray_pods(job["spec"]["rayClusterSpec"])

@@ -108,7 +108,10 @@ def postgres_mlflow() -> Iterator[str]:
     server = subprocess.Popen(
         [Path(sys.executable).parent / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/postgres",
-         "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"), "--workers", "2"],
+         "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"), "--workers", "2",
+         # uvicorn kills a worker that misses its 5 s health check: on a loaded machine (load 40 on
+         # 2 cores) the workers, still importing mlflow, were killed and restarted for 240 s.
+         "--uvicorn-opts", "--timeout-worker-healthcheck 60"],
         stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     try:

@@ -118,11 +118,18 @@ def postgres_mlflow() -> Iterator[str]:
         _wait_healthy(uri, server, root / "mlflow.log")
         yield uri
     finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
-        subprocess.run([bindir / "pg_ctl", "-D", root / "data", "-m", "fast", "stop"], capture_output=True, **as_user)
-        shutil.rmtree(root, ignore_errors=True)
+        try:  # PostgreSQL stops even when the MLflow server does not (a hung server left it running)
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(30)
+        finally:
+            log.close()
+            subprocess.run([bindir / "pg_ctl", "-D", root / "data", "-m", "fast", "stop"], capture_output=True,
+                           **as_user)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _wait_healthy(uri: str, server: subprocess.Popen, log: Path, timeout_s: float = 240.0) -> None:

@@ -35,13 +35,12 @@ platform-down:
 # generated WIDER-format set with 2 Ray workers, a small Ray Tune search, promotion of the best run
 # to the registry (isrn-face@champion), and detection on generated val images with the champion.
 demo: platform-up
+	@# The generated data set (data/demo) and its shards in the platform's S3; either is made again
+	@# (same seed, same images) when missing.
+	$(ISRN) data prepare demo
 	$(ISRN) train demo
 	$(ISRN) tune tune-smoke
 	$(ISRN) promote demo
-	@# The generated images stay on disk after training; regenerated (same seed, same images) when
-	@# data/demo was deleted while the shards were kept in the platform's S3.
-	@test -d data/demo/WIDER_val/images || $(PY) -c 'from jobs.spec import load_spec; \
-	    from jobs.preparation import generate_synth; generate_synth(load_spec("demo").data.synth)'
 	$(ISRN) detect $$(ls data/demo/WIDER_val/images/*/*.jpg | head -n 3) --out demo-detections
 	@echo
 	@echo "Detections:    demo-detections/ (JSON boxes and annotated images)"

@@ -27,7 +27,7 @@ import cv2
 from harness import private_platform, s3_settings
 from data_shards.loader import AugmentConfig, LoaderConfig
 from data_shards.storage import s3_client
-from jobs.preparation import ensure_data
+from jobs.data_prep import prepare_data
 from loader_throughput import loader_rate, prepare
 from train_overhead import bench_spec, images_per_step, job_environment, run_ray_train
 
@@ -54,7 +54,7 @@ def main() -> None:
         _, s3_manifest, _ = prepare(Path(tmp), settings, bucket, args.images, 1024)
         env = job_environment(platform)
         specs = {n: bench_spec(args, platform, n) for n in (1, 2)}
-        ensure_data(specs[1], env)
+        prepare_data(specs[1], env)
         ray.init(address=env.ray_address, logging_level=logging.WARNING, log_to_driver=False)
 
         rates: dict[tuple[str, int], list[float]] = {}

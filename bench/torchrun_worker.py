@@ -12,6 +12,7 @@ events with the time each was emitted, and writes them to RESULT.json.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -57,24 +58,22 @@ class TimedEvents:
     def __init__(self) -> None:
         self.events: list[tuple[float, str, dict[str, Any]]] = []
 
-    def put_nowait(self, event: tuple[str, dict[str, Any]]) -> None:
-        self.events.append((time.time(), *event))
+    def put_nowait(self, event: Any) -> None:
+        self.events.append((time.time(), type(event).__name__, dataclasses.asdict(event)))
 
 
 def main() -> None:
     config_path, result_path = Path(sys.argv[1]), Path(sys.argv[2])
     config = json.loads(config_path.read_text())
     logging.basicConfig(level=logging.WARNING)
-    spec = JobSpec.model_validate(config["spec"])
+    spec = JobSpec.from_dict(config["spec"])
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=spec.scaling.collective_timeout_s))
     try:
         tracker, events = RecordingTracker(), TimedEvents()
-        if not hasattr(worker, "make_tracker"):
-            raise RuntimeError("jobs.train.worker.make_tracker is gone: update bench/torchrun_worker.py")
-        # No MLflow for the anchor: rank 0 records instead (the worker's only tracker seam).
-        worker.make_tracker = lambda is_main, uri, run_id: tracker if is_main else NullTracker()
         job = worker.WorkerJob(**{**config["job"], "progress": events})  # only rank 0 emits
-        worker.run_worker(spec, job, TorchrunSession(Path(config["checkpoints"])))
+        # No MLflow for the anchor: rank 0 records instead.
+        worker.run_worker(spec, job, TorchrunSession(Path(config["checkpoints"])),
+                          tracker=tracker if dist.get_rank() == 0 else NullTracker())
         if dist.get_rank() == 0:
             result_path.write_text(json.dumps({"events": events.events, "metrics": tracker.metrics}))
     finally:

@@ -47,7 +47,8 @@ from harness import private_platform, s3_settings, summarise
 from process_cpu import ROLES, ProcessCpu
 from data_shards.manifest import manifest_url
 from jobs.environment import JobEnvironment
-from jobs.preparation import PreparedJob, ensure_data
+from jobs.data_prep import prepare_data
+from jobs.train.run import PreparedJob
 from jobs.spec import JobSpec, load_spec
 
 WARMUP_STEPS = 2
@@ -102,11 +103,11 @@ def parse_events(events: list[tuple[float, str, dict[str, Any]]], images_per_ste
     """The steps of a run's progress events, and its start-up seconds (launch to the first epoch's start)."""
     steps, epoch, startup = [], 0, float("nan")
     for ended, kind, data in events:
-        if kind == "epoch_start":
+        if kind == "EpochStarted":
             epoch = data["epoch"]
             if epoch == 1:
                 startup = ended - launched
-        elif kind == "step":
+        elif kind == "StepDone" and data["images_per_s"]:  # every step logs: train.log_every_steps=1
             steps.append(Step(epoch, data["step_in_epoch"], ended, images_per_step / data["images_per_s"]))
     return steps, startup
 
@@ -118,6 +119,8 @@ def bench_spec(args: argparse.Namespace, platform, workers: int) -> JobSpec:
         f"checkpoint.storage=s3://{s3.bucket_checkpoints}/bench-runs", f"scaling.num_workers={workers}",
         f"train.epochs={args.epochs}", f"eval.every_epochs={args.epochs}",
         f"loader.batches_per_epoch={args.steps_per_epoch}", "tracking.log_model=false",
+        # Every step reads its loss and reports its images/s (the per-step times this bench compares).
+        "train.log_every_steps=1",
     ])
 
 
@@ -150,20 +153,20 @@ def run_ray_train(spec: JobSpec, env: JobEnvironment, name: str) -> RunResult:
     from mlflow.tracking import MlflowClient
     from ray.util.queue import Queue
 
-    from jobs.train.driver import build_trainer
+    from jobs.train.run import build_trainer
     from jobs.train.tracking import finish_run, start_or_resume_run
 
-    run_id = start_or_resume_run(env.mlflow_uri, spec.tracking.experiment, name, tags={},
+    run_id = start_or_resume_run(env.tracking_uri, spec.tracking.experiment, name, tags={},
                                  params=spec.flat_params(), spec_yaml=spec.to_yaml())
     queue, events, stop = Queue(actor_options={"num_cpus": 0}), [], threading.Event()
 
     def drain() -> None:  # what ProgressDisplay does, timing each event as it arrives
         while not stop.is_set() or not queue.empty():
             try:
-                kind, data = queue.get(timeout=0.5)  # as ProgressDisplay polls
+                event = queue.get(timeout=0.5)  # as ProgressDisplay polls
             except Exception:  # noqa: BLE001 - Empty
                 continue
-            events.append((time.time(), kind, data))
+            events.append((time.time(), type(event).__name__, dataclasses.asdict(event)))
 
     thread = threading.Thread(target=drain, daemon=True)
     thread.start()
@@ -175,15 +178,15 @@ def run_ray_train(spec: JobSpec, env: JobEnvironment, name: str) -> RunResult:
     stop.set()
     thread.join()
     queue.shutdown()
-    finish_run(env.mlflow_uri, run_id, "FINISHED")
+    finish_run(env.tracking_uri, run_id, "FINISHED")
     steps, startup = parse_events(events, images_per_step(spec), launched)
-    last_epoch = MlflowClient(env.mlflow_uri).get_run(run_id).data.metrics  # the latest value of each
+    last_epoch = MlflowClient(env.tracking_uri).get_run(run_id).data.metrics  # the latest value of each
     return RunResult("Ray Train", wall, startup, steps, last_epoch)
 
 
 def job_environment(platform) -> JobEnvironment:
     c = platform.config
-    return JobEnvironment(s3=s3_settings(platform), mlflow_uri=c.mlflow_uri, ray_address=c.ray_gcs_address,
+    return JobEnvironment(s3=s3_settings(platform), tracking_uri=c.tracking_uri, ray_address=c.ray_gcs_address,
                           api_server=c.ray_dashboard_url, local=c)
 
 
@@ -267,7 +270,7 @@ def main() -> None:
         env = job_environment(platform)
         spec = bench_spec(args, platform, args.workers)
         started = time.perf_counter()
-        ensure_data(spec, env)
+        prepare_data(spec, env)
         print(f"data: {spec.data.shards} ({time.perf_counter() - started:.0f} s to generate and shard)")
         import ray
 

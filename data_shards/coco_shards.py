@@ -35,9 +35,6 @@ SPLITS = ("train", "val")
 RECORDS_VERSION = "coco-records/1"
 """Part of every COCO build's fingerprint: change it when the mapping from COCO to records changes, so
 that a rebuild writes a new version instead of resuming into the old one."""
-MAT_HEADER = b"MATLAB 5.0 MAT-file, written by isrn shards build --coco"
-"""The 116-byte text at the start of a v5 .mat file. scipy writes the time there; a rebuild of the same
-data must give the same bytes, or it would replace the published version's ground truth."""
 
 
 def build_coco_split(
@@ -112,10 +109,7 @@ def write_ground_truth(images: tuple[CocoImage, ...], folder: Path) -> dict[str,
     """The evaluator's val `.mat` files of `images` in `folder` (byte-identical for the same images)."""
     from isrn_model.wider_eval import ground_truth_from_arrays, save_ground_truth
 
+    # The same ground truth gives the same bytes: a rebuild of the same data leaves the published files as
+    # they are (another time in scipy's .mat header would replace the published version's ground truth).
     save_ground_truth(ground_truth_from_arrays(**ground_truth_arrays(images)), folder, split="val")
-    files = {}
-    for path in sorted(folder.glob("*.mat")):
-        data = path.read_bytes()
-        path.write_bytes(MAT_HEADER.ljust(116) + data[116:])
-        files[path.name] = path
-    return files
+    return {path.name: path for path in sorted(folder.glob("*.mat"))}

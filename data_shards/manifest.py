@@ -203,7 +203,7 @@ def verify_manifest(url: str, manifest: Manifest, settings: S3Settings | None = 
 def fetch_ground_truth(url: str, dest: str | Path, settings: S3Settings | None = None) -> dict[str, Path]:
     """Download the val split's official .mat files next to its manifest into `dest`.
 
-    Returns file name -> local path, ready for `wider_layout.load_val_ground_truth`.
+    Returns file name -> local path; `isrn_model.wider_eval.load_ground_truth(dest)` reads them.
     """
     manifest = read_manifest(url, settings)
     if not manifest.ground_truth:

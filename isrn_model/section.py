@@ -16,8 +16,13 @@ JSON schema see every field's description. Cross-field rules go in ``__post_init
 ``ValueError`` naming the fields.
 
 Constructing a section directly raises :class:`ConfigError` (a ``ValueError``) whose message names
-``Section.field``; embedded in a pydantic model, the errors keep their dotted location instead.
+``Section.field``; nested in another section, the errors keep their dotted location instead.
 This module needs only pydantic: ``jobs.spec`` imports the sections without torch or OpenCV.
+
+It is the project's one configuration system: the detector's sections here, the data layer's
+(``data_shards.config``), the job spec and its sections (``jobs.spec``, ``jobs.tune.config``) and
+the local platform's configuration (``jobs.local_platform.config``) are all ``config_section``
+classes, described by the docstrings under their fields, and fail with :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -74,22 +79,40 @@ def config_section(cls: type[T]) -> type[T]:
     return section
 
 
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    # Building a TypeAdapter compiles the class's validator: once per class, not per call.
+    return TypeAdapter(cls)
+
+
 class Section:
     """Base of every section: ``to_dict`` / ``from_dict`` through plain Python values."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (tuples become lists, nested sections dicts): YAML/JSON-serialisable."""
-        return TypeAdapter(type(self)).dump_python(self, mode="json")
+        return _adapter(type(self)).dump_python(self, mode="json")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        """Build from a mapping (lists accepted for tuples); ConfigError names any bad or unknown key."""
+    def from_dict(cls, data: dict[str, Any], *, owner: str | None = None) -> Self:
+        """Build from a mapping (lists accepted for tuples); ConfigError names any bad or unknown key,
+        prefixed by ``owner`` (default: the class name; "" for bare dotted field paths)."""
+        owner = cls.__name__ if owner is None else owner
         if not isinstance(data, dict):
-            raise ConfigError(f"{cls.__name__}: expected a mapping of field names, got {type(data).__name__}")
+            raise ConfigError(f"{owner or cls.__name__}: expected a mapping of field names, got {type(data).__name__}")
         try:
-            return TypeAdapter(cls).validate_python(data)
+            return _adapter(cls).validate_python(data)
         except ValidationError as error:
-            raise ConfigError(describe_errors(cls.__name__, error)) from None
+            raise ConfigError(describe_errors(owner, error) or f"{owner}: invalid") from None
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON schema of the section, with every field's description."""
+        return _adapter(cls).json_schema()
+
+
+def section_fields(cls: Any) -> dict[str, Any]:
+    """Field name → pydantic ``FieldInfo`` of a section class ({} for anything else)."""
+    return dict(getattr(cls, "__pydantic_fields__", None) or {}) if isinstance(cls, type) else {}
 
 
 def field_descriptions(cls: type) -> dict[str, str | None]:

@@ -21,14 +21,14 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "platform": ("jobs.commands.platform_cmd", "platform", "Start, stop and inspect the local S3, MLflow and Ray head."),
     "data": ("jobs.commands.data", "data", "Generate WIDER-format data sets."),
     "shards": ("jobs.commands.shards", "shards", "Build and inspect WebDataset shards of WIDER FACE."),
-    "evaluate": ("jobs.commands.evaluate", "evaluate", "Official WIDER FACE AP of a predictions folder."),
+    "evaluate": ("jobs.commands.evaluate", "evaluate",
+                 "Official WIDER FACE AP of a predictions folder, or of a model on val shards."),
     "train": ("jobs.commands.train", "train", "Run a training job spec on the Ray cluster."),
     "submit": ("jobs.commands.submit", "submit", "Submit a job spec through the Ray Jobs API."),
     "jobs": ("jobs.commands.submit", "jobs", "List, follow and stop Ray jobs."),
     "tune": ("jobs.commands.tune", "tune", "Ray Tune search over normalisation and schedule."),
     "promote": ("jobs.commands.promote", "promote", "Register the best run's model and move the champion alias."),
     "detect": ("jobs.commands.detect", "detect", "Detect faces in images with a registered model."),
-    "eval": ("jobs.commands.detect", "eval_model", "Official WIDER FACE AP of a model on a val shard split."),
 }
 
 

@@ -27,7 +27,7 @@ STATIC_S3_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCE
 @dataclasses.dataclass(frozen=True)
 class JobEnvironment:
     s3: S3Settings
-    mlflow_uri: str
+    tracking_uri: str
     ray_address: str
     """For `ray.init`: host:6379, or "auto"."""
     api_server: str
@@ -55,7 +55,7 @@ class JobEnvironment:
         return cls(
             ray_auth=auth_env_for(local.ray_token_path if ray_running else None, environ),
             s3=s3,
-            mlflow_uri=environ.get("MLFLOW_TRACKING_URI") or local.mlflow_uri,
+            tracking_uri=environ.get("MLFLOW_TRACKING_URI") or local.tracking_uri,
             ray_address=ray_address,
             api_server=environ.get("RAY_API_SERVER_ADDRESS") or local.ray_dashboard_url,
             local=local,

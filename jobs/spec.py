@@ -4,7 +4,11 @@
 
 Unknown keys and wrong types fail here, with the dotted field path in the message, before any Ray
 worker starts. Each part of the job receives its own slice (`spec.model`, `spec.loader`, ...):
-the model and loader sections are the `isrn_model` and `data_shards` dataclasses themselves.
+the model and loader sections are the `isrn_model` and `data_shards` sections themselves.
+
+Names: the YAML document a user writes and submits is the *spec* (`JobSpec`); each of its sections
+is a `*Config` class, as in `isrn_model` and `data_shards`. Every one is declared the project's one
+way (`isrn_model.section.config_section`) and fails with `ConfigError`.
 """
 
 from __future__ import annotations
@@ -17,22 +21,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from data_shards.config import LoaderConfig, SynthConfig
 from isrn_model.config import InferenceConfig, LossConfig, ModelConfig
-from jobs.sections import Section, describe_errors
-from jobs.tune.config import TuneSpec
+from isrn_model.section import Section, config_section, section_fields
+from jobs.errors import ConfigError
+from jobs.overrides import apply_overrides
+from jobs.tune.config import TuneConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 
 
-class SpecError(ValueError):
-    """A job spec that cannot run: the message names the file and the field."""
-
-
-class SynthData(Section):
+@config_section
+class SynthDataConfig(Section):
     """A generated WIDER-format data set built (with its shards) when the manifests are missing."""
 
     root: Path
@@ -57,16 +60,18 @@ def _bucketed(url: str | None) -> str | None:
     return url
 
 
-class DataSpec(Section):
+@config_section
+class DataConfig(Section):
     shards: str
     """Shard root URL holding `train/` and `val/` manifests (s3://bucket/prefix or a path)."""
-    synth: SynthData | None = None
+    synth: SynthDataConfig | None = None
     """Generate the data set and shards when they are missing (None: they must exist)."""
 
     _shards_bucket = field_validator("shards")(_bucketed)
 
 
-class OptimSpec(Section):
+@config_section
+class OptimConfig(Section):
     name: Literal["sgd", "adamw"] = "sgd"
     """The optimiser: SGD with momentum (the paper's) or AdamW."""
     lr: float = Field(default=0.01, gt=0)
@@ -94,7 +99,8 @@ class OptimSpec(Section):
         return value
 
 
-class TrainSpec(Section):
+@config_section
+class TrainConfig(Section):
     epochs: int = Field(default=1, gt=0)
     """Passes over the training split."""
     grad_clip_norm: float | None = Field(default=10.0, gt=0)
@@ -109,16 +115,37 @@ class TrainSpec(Section):
     """Log step metrics (losses, lr, images/s, data and compute time) every this many steps."""
     torch_threads: int | None = Field(default=None, gt=0)
     """torch.set_num_threads per worker (None: PyTorch's default)."""
+    channels_last: bool = True
+    """GPU only: weights and input images in channels-last (NHWC) memory layout, which Tensor Cores
+    convolve without transposing; ignored on CPU."""
+    cudnn_benchmark: bool = True
+    """GPU only: cuDNN times its convolution algorithms on the first batches of each input shape and
+    keeps the fastest; the training crops have one size (loader.augment.out_size), so this is paid once."""
+    compile: bool = True
+    """GPU only: `torch.compile` the network's dense part (backbone, neck, heads), whose shapes are fixed
+    by the crop size. Anchor matching, the losses and post-processing stay eager: their shapes follow
+    the number of faces and detections in each batch. Ignored on CPU."""
+    pin_memory: bool = True
+    """GPU only: stage each batch in reusable page-locked host memory, so its copy to the GPU runs
+    asynchronously and the loader's shared buffer is handed back at once; ignored on CPU."""
 
 
-class EvalSpec(Section):
+@config_section
+class EvalConfig(Section):
     every_epochs: int = Field(default=1, gt=0)
     """Run the official WIDER FACE evaluation every this many epochs, and after the last."""
     image_grid: int = Field(default=8, ge=0)
     """Val images drawn (true boxes green, detections red) in the per-evaluation grid artifact."""
+    amp: bool = True
+    """GPU only: the network runs under bf16 autocast during evaluation (post-processing stays float32);
+    ignored on CPU."""
+    gallery_images: int = Field(default=64, ge=0)
+    """Val images rank 0 keeps in memory during an evaluation (at val resolution) to crop the
+    gallery of missed faces and false positives from; 0: no gallery."""
 
 
-class CheckpointSpec(Section):
+@config_section
+class CheckpointConfig(Section):
     storage: str
     """Ray storage root: s3://bucket/prefix (a cluster) or a local path (one machine only)."""
     every_steps: int | None = Field(default=None, gt=0)
@@ -129,7 +156,8 @@ class CheckpointSpec(Section):
     _storage_bucket = field_validator("storage")(_bucketed)
 
 
-class TrackingSpec(Section):
+@config_section
+class TrackingConfig(Section):
     experiment: str
     """MLflow experiment of the job's runs."""
     log_model: bool = True
@@ -140,7 +168,8 @@ class TrackingSpec(Section):
     """Registered model `isrn promote SPEC` promotes into."""
 
 
-class ScalingSpec(Section):
+@config_section
+class ScalingConfig(Section):
     num_workers: int = Field(default=2, gt=0)
     """Ray Train workers (DDP ranks), one per GPU on a GPU cluster."""
     use_gpu: bool = False
@@ -160,6 +189,7 @@ class ScalingSpec(Section):
     complete checkpoint (each outage counts against `max_failures`)."""
 
 
+@config_section
 class JobSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """The spec's name: run names start with it."""
@@ -171,28 +201,26 @@ class JobSpec(Section):
     """Post-processing and test-time augmentation (isrn_model/config.py)."""
     loader: LoaderConfig = LoaderConfig()
     """Streaming, augmentation and batching (data_shards/config.py)."""
-    data: DataSpec
+    data: DataConfig
     """Where the shards are, or how to generate them."""
-    optim: OptimSpec = OptimSpec()
+    optim: OptimConfig = OptimConfig()
     """Optimiser and learning-rate schedule."""
-    train: TrainSpec = TrainSpec()
+    train: TrainConfig = TrainConfig()
     """The training loop."""
-    eval: EvalSpec = EvalSpec()
+    eval: EvalConfig = EvalConfig()
     """Evaluation during training."""
-    checkpoint: CheckpointSpec
+    checkpoint: CheckpointConfig
     """Checkpoint storage and retention."""
-    tracking: TrackingSpec
+    tracking: TrackingConfig
     """MLflow experiment, logged model and registry."""
-    scaling: ScalingSpec = ScalingSpec()
+    scaling: ScalingConfig = ScalingConfig()
     """Workers and their resources."""
-    tune: TuneSpec | None = None
+    tune: TuneConfig | None = None
     """A Ray Tune study of this spec (jobs/tune/config.py); `isrn tune` needs it."""
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "JobSpec":
+    def __post_init__(self) -> None:
         if self.model.norm == "bn" and self.loader.batch_size < 2:
             raise ValueError("model.norm=bn needs loader.batch_size >= 2 per worker; use gn or frozen_bn")
-        return self
 
     @field_validator("model")
     @classmethod
@@ -204,9 +232,6 @@ class JobSpec(Section):
         return model
 
     # ---- views -------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(self.model_dump_json())
-
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
@@ -235,31 +260,6 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= 500 else text[:497] + "..."  # MLflow rejects long param values
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for depth, key in enumerate(keys[:-1], 1):
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {dotted}: '{key}' is a value, not a section: --set {'.'.join(keys[:depth])}=VALUE")
-        node = child
-    node[keys[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`train.lr=0.02` -> ("train.lr", 0.02); the value is read as YAML (numbers, lists, null)."""
-    if "=" not in text:
-        raise SpecError(f"--set {text!r}: expected FIELD=VALUE, e.g. optim.lr=0.02")
-    key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads 1e-3 as a string
-            value = float(value)
-        except ValueError:
-            pass
-    return key.strip(), value
-
-
 def resolve_spec_path(spec: str | Path) -> Path:
     """A spec file path, or a bare name of one in jobs/specs (`smoke` -> jobs/specs/smoke.yaml)."""
     path = Path(spec)
@@ -269,7 +269,7 @@ def resolve_spec_path(spec: str | Path) -> Path:
     if candidate.is_file():
         return candidate
     known = ", ".join(sorted(p.stem for p in SPECS_DIR.glob("*.yaml")))
-    raise SpecError(f"spec {spec!r} not found: give a YAML path or one of: {known}")
+    raise ConfigError(f"spec {spec!r} not found: give a YAML path or one of: {known}")
 
 
 _ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
@@ -296,7 +296,7 @@ def expand_env(node: Any, source: str, field: str = "") -> Any:
             return os.environ[name]
         if default is not None:
             return default
-        raise SpecError(f"{source}: {field}: ${{{name}}} is not set: export {name}, or write ${{{name}:-DEFAULT}}")
+        raise ConfigError(f"{source}: {field}: ${{{name}}} is not set: export {name}, or write ${{{name}:-DEFAULT}}")
 
     return _ENV_REFERENCE.sub(value, node)
 
@@ -311,19 +311,16 @@ def load_spec(spec: str | Path | dict[str, Any], overrides: list[str] | tuple[st
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
-            raise SpecError(f"{path}: not valid YAML: {error}\nfix the line shown") from None
+            raise ConfigError(f"{path}: not valid YAML: {error}\nfix the line shown") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{source}: expected a mapping of sections at the top level (name: …, data: …), "
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level (name: …, data: …), "
                         f"got {type(raw).__name__}")
-    for text in overrides:
-        _set_dotted(raw, *parse_override(text))
-    raw = expand_env(raw, source)
+    raw = expand_env(apply_overrides(raw, overrides), source)
     try:
-        return JobSpec.model_validate(raw)
-    except ValidationError as error:
-        unknown = any(item["type"] in {"extra_forbidden", "unexpected_keyword_argument"} for item in error.errors())
-        hint = " (`isrn train SPEC --explain` lists every field)" if unknown else ""
-        raise SpecError(f"{source}: {describe_errors(error)}{hint}") from None
+        return JobSpec.from_dict(raw, owner="")
+    except ConfigError as error:
+        hint = " (`isrn train SPEC --explain` lists every field)" if "unknown key" in str(error) else ""
+        raise ConfigError(f"{source}: {error}{hint}") from None
 
 
 REQUIRED = "(required)"
@@ -337,10 +334,10 @@ def explain(spec: JobSpec) -> str:
 
 
 def _explain_section(value: Any, cls: Any, indent: str, lines: list[str]) -> None:
-    for name, field in _fields_of(cls).items():
+    for name, field in section_fields(cls).items():
         current = getattr(value, name)
         description = " ".join((field.description or "").split())
-        if _fields_of(type(current)):
+        if section_fields(type(current)):
             lines.append(f"{indent}{name}:{'  # ' + description if description else ''}")
             _explain_section(current, type(current), indent + "  ", lines)
             continue
@@ -348,13 +345,6 @@ def _explain_section(value: Any, cls: Any, indent: str, lines: list[str]) -> Non
         shown = json.dumps(_plain(current))
         note = "" if default in (_plain(current), REQUIRED) else f"  (default {json.dumps(default)})"
         lines.append(f"{indent}{name}: {shown}{note}{'  # ' + description if description else ''}")
-
-
-def _fields_of(cls: Any) -> dict[str, Any]:
-    """The pydantic fields of a section (a model, or a library dataclass section); {} for a value."""
-    if isinstance(cls, type) and issubclass(cls, BaseModel):
-        return dict(cls.model_fields)
-    return dict(getattr(cls, "__pydantic_fields__", {}) or {})
 
 
 def _plain(value: Any) -> Any:

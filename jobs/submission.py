@@ -77,7 +77,7 @@ def is_local_platform(address: str, platform_id: str | None) -> bool:
         return False
     from ray.util.state import list_nodes
 
-    from jobs.local_platform.services import PLATFORM_LABEL
+    from jobs.local_platform.services import is_local_platform as labelled_local
 
     nodes: list = []
     deadline = time.monotonic() + 15
@@ -91,7 +91,7 @@ def is_local_platform(address: str, platform_id: str | None) -> bool:
             return False
         if not nodes:
             time.sleep(1)
-    return any((getattr(node, "labels", None) or {}).get(PLATFORM_LABEL) == platform_id for node in nodes)
+    return labelled_local((getattr(node, "labels", None) for node in nodes), platform_id)
 
 
 def parse_env(items: tuple[str, ...], environ: Mapping[str, str]) -> dict[str, str]:

@@ -178,12 +178,12 @@ def smoke_shards(local_platform: Platform, tmp_path_factory: pytest.TempPathFact
     """`--set` overrides that put the smoke spec on this session's platform, its data generated and
     sharded once into s3://isrn-shards/test-smoke (the shards outlive the generated folder)."""
     from jobs.environment import JobEnvironment
-    from jobs.preparation import ensure_data
+    from jobs.data_prep import prepare_data
     from jobs.spec import load_spec
 
     root = tmp_path_factory.mktemp("smoke-data")
     overrides = [f"data.synth.root={root}", "data.shards=s3://isrn-shards/test-smoke"]
-    ensure_data(load_spec("smoke", overrides), JobEnvironment.resolve(local_platform.config.client_env()))
+    prepare_data(load_spec("smoke", overrides), JobEnvironment.resolve(local_platform.config.client_env()))
     return overrides
 
 

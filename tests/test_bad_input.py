@@ -53,10 +53,11 @@ from data_shards.shard_writer import build_split
 from data_shards.storage import StorageAccessError
 from data_shards.wider_layout import WiderFormatError, WiderLayout
 from isrn_model.wider_eval import ground_truth_from_arrays, save_ground_truth, write_predictions
-from jobs import preparation
+from jobs import preflight
 from jobs.cli import main
 from jobs.environment import JobEnvironment
-from jobs.spec import SpecError, load_spec
+from jobs.errors import ConfigError, ServiceUnavailableError
+from jobs.spec import load_spec
 from tests.conftest import free_ports
 
 # ---------------------------------------------------------------- outcomes
@@ -676,12 +677,12 @@ def job_env(**changes: Any) -> JobEnvironment:
 
 
 def read_fingerprints(*sets: str) -> When:
-    return api(lambda row: preparation.read_fingerprints(spec_on_published(row, *sets), job_env()), SpecError)
+    return api(lambda row: preflight.read_fingerprints(spec_on_published(row, *sets), job_env()), ConfigError)
 
 
 def checkpoint_storage(storage: str, nodes: list[dict]) -> When:
-    return api(lambda row: preparation.check_checkpoint_storage(load_spec("smoke", [f"checkpoint.storage={storage}"]),
-                                                                nodes), SpecError)
+    return api(lambda row: preflight.check_checkpoint_storage(load_spec("smoke", [f"checkpoint.storage={storage}"]),
+                                                              nodes), ConfigError)
 
 
 def node(cpus: float, *, alive: bool = True, gpus: float = 0) -> dict:
@@ -701,15 +702,17 @@ def quickly(call: Callable[[Row], Any], seconds: float) -> Callable[[Row], Any]:
 
 
 def check_storage_of(*sets: str) -> When:
-    return api(lambda row: preparation.check_storage(load_spec("smoke", list(sets)), JobEnvironment.resolve()),
-               SpecError)
+    return api(lambda row: preflight.check_storage(load_spec("smoke", list(sets)), JobEnvironment.resolve()),
+               (ConfigError, ServiceUnavailableError))
 
 
 def prepare_with_synth(row: Row, _: Any) -> Outcome:
     """The whole preparation of a spec that generates its data: it must stop before generating any."""
     spec = load_spec("smoke", [f"data.synth.root={row.root / 'generated'}", f"data.shards=s3://{row.bucket}/synth",
                                f"checkpoint.storage=s3://{row.bucket}/runs"])
-    return api(lambda row: preparation.prepare_job(spec, JobEnvironment.resolve()), SpecError)(row, None)
+    from jobs.train.run import prepare_job
+
+    return api(lambda row: prepare_job(spec, JobEnvironment.resolve()), (ConfigError, ServiceUnavailableError))(row, None)
 
 
 # ---------------------------------------------------------------- the table
@@ -1080,17 +1083,17 @@ CASES = [
          prepare_with_synth,
          Error(r"data\.shards / checkpoint\.storage: .*refused the credentials", r"set AWS_ACCESS_KEY_ID"),
          integration=True),
-    case("mlflow-does-not-answer", nothing, api(quickly(lambda row: preparation.check_tracking(
-        job_env(mlflow_uri=dead_url())), 10), SpecError),
-         Error(rf"tracking: the MLflow server at http://127\.0\.0\.1:{DEAD_PORT} \(MLFLOW_TRACKING_URI\) "
+    case("mlflow-does-not-answer", nothing, api(quickly(lambda row: preflight.check_tracking_server(
+        dead_url()), 10), ServiceUnavailableError),
+         Error(rf"the MLflow server at http://127\.0\.0\.1:{DEAD_PORT} \(MLFLOW_TRACKING_URI\) "
                r"does not answer",
                r"start the local platform \(`isrn platform up`\) or set MLFLOW_TRACKING_URI")),
-    case("ray-does-not-answer", nothing, api(quickly(lambda row: preparation.connect_ray(
-        job_env(ray_address=f"127.0.0.1:{DEAD_PORT}")), 10), SpecError),
+    case("ray-does-not-answer", nothing, api(quickly(lambda row: preflight.connect_ray(
+        job_env(ray_address=f"127.0.0.1:{DEAD_PORT}")), 10), ServiceUnavailableError),
          Error(rf"no Ray cluster answers at 127\.0\.0\.1:{DEAD_PORT} \(RAY_ADDRESS\)",
                r"start the local platform \(`isrn platform up`\) or set RAY_ADDRESS to the head's HOST:6379")),
-    case("ray-client-address-does-not-answer", nothing, api(quickly(lambda row: preparation.connect_ray(
-        job_env(ray_address=f"ray://127.0.0.1:{DEAD_PORT}")), 10), SpecError),
+    case("ray-client-address-does-not-answer", nothing, api(quickly(lambda row: preflight.connect_ray(
+        job_env(ray_address=f"ray://127.0.0.1:{DEAD_PORT}")), 10), ServiceUnavailableError),
          Error(rf"no Ray cluster answers at ray://127\.0\.0\.1:{DEAD_PORT}", r"set RAY_ADDRESS")),
     case("submit-address-unreachable", nothing,
          lambda row, _: isrn("submit", "smoke", "--address", dead_url(), "--no-wait"),

@@ -1,7 +1,9 @@
-"""`isrn data synth`: a generated WIDER-format data set (see `data_shards.synth`), with its COCO-format
-annotations beside it (`coco/coco_wholebody_{train,val}.json`, see `data_shards.synth_coco`).
+"""`isrn data synth | prepare`: generated WIDER-format data sets (with their COCO-format annotations
+beside them, `coco/coco_wholebody_{train,val}.json`, see `data_shards.synth_coco`), and a spec's data
+made ready.
 
     isrn data synth --out /tmp/wider-synth --train 400 --val 100 --seed 0
+    isrn data prepare demo          # the demo spec's data set and its shards in S3 (if missing)
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import click
 
 @click.group()
 def data() -> None:
-    """Generate WIDER-format data sets."""
+    """Generate WIDER-format data sets; prepare a spec's generated data."""
 
 
 @data.command()
@@ -39,3 +41,29 @@ def synth(out_dir: str, n_train: int, n_val: int, n_test: int, seed: int, image_
         click.echo(f"COCO format: {write_coco_split(out_dir, split, out[split])} (images: "
                    f"{out_dir}/WIDER_{split}/images)")
     click.echo(f"wrote {out_dir}")
+
+
+@data.command()
+@click.argument("spec")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Override a spec field.")
+def prepare(spec: str, overrides: tuple[str, ...]) -> None:
+    """Generate SPEC's data set (its data.synth section) and build its shards where they are missing.
+
+    `isrn train` does the same before training a spec that has data.synth; this runs it alone.
+    """
+    from jobs.data_prep import generate_synth, prepare_data
+    from jobs.environment import JobEnvironment
+    from jobs.errors import ConfigError, ServiceUnavailableError
+    from jobs.preflight import check_storage
+    from jobs.spec import load_spec
+
+    try:
+        job_spec = load_spec(spec, overrides)
+        env = JobEnvironment.resolve()
+        check_storage(job_spec, env)
+        built = prepare_data(job_spec, env)
+    except (ConfigError, ServiceUnavailableError) as error:
+        raise click.ClickException(str(error)) from None
+    root = generate_synth(job_spec.data.synth)  # kept on disk: `make demo` detects on its val images
+    click.echo(f"{job_spec.name}: data set in {root}; shards in {job_spec.data.shards}"
+               + (f" (built {', '.join(built)})" if built else " (already built)"))

@@ -1,8 +1,7 @@
-"""`isrn detect` and `isrn eval`: use a logged or registered detector by its MLflow model URI.
+"""`isrn detect`: faces in photos, by a logged or registered detector named by its MLflow model URI.
 
     isrn detect photo.jpg crowd.png                              # models:/isrn-face@champion
     isrn detect photo.jpg --model models:/isrn-face/3 --out detections/
-    isrn eval --model models:/isrn-face@champion --shards s3://isrn-shards/demo
 
 The model is the pt2 export logged by training: float32 [1, 3, S, S] raw RGB 0..255 in, [1, K, 5]
 rows (x1, y1, x2, y2, score) out, S in the model's metadata (`export_size`). Images are
@@ -53,9 +52,16 @@ class Detector:
         import mlflow.pytorch
 
         from jobs.environment import JobEnvironment
+        from jobs.errors import ServiceUnavailableError
+        from jobs.preflight import check_tracking_server
 
         # MLFLOW_TRACKING_URI, else the local platform's server (never a stray ./mlflow.db).
-        mlflow.set_tracking_uri(JobEnvironment.resolve().mlflow_uri)
+        tracking_uri = JobEnvironment.resolve().tracking_uri
+        try:  # fail in seconds, naming the URL, rather than after minutes of the client's retries
+            check_tracking_server(tracking_uri)
+        except ServiceUnavailableError as error:
+            raise click.ClickException(str(error)) from None
+        mlflow.set_tracking_uri(tracking_uri)
         try:
             info = mlflow.models.get_model_info(model_uri)
             self.model = mlflow.pytorch.load_model(model_uri)
@@ -134,36 +140,3 @@ def predict_split(detector: Detector, shards: str, settings: Any, evaluator: Any
         rows = boxes_to_original(detector.raw(batch["images"].numpy())[0], float(batch["scales"][0]), height, width,
                                  score_threshold=1e-6)
         evaluator.process(tuple(batch["keys"][0]), rows[:, :4], rows[:, 4])
-
-
-@click.command()
-@click.option("--model", "model_uri", default=DEFAULT_MODEL, show_default=True, help="Any MLflow model URI.")
-@click.option("--shards", required=True, help="Shard root holding val/manifest.json (s3://bucket/prefix or a path).")
-@click.option("--size", "export_size", type=int, default=None, help="Input side, if the model's metadata lacks it.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"easy": AP, "medium": AP, "hard": AP} only.')
-def eval_model(model_uri: str, shards: str, export_size: int | None, as_json: bool) -> None:
-    """Official WIDER FACE AP (Easy, Medium, Hard) of a model on the val split of SHARDS."""
-    import tempfile
-
-    from data_shards.manifest import fetch_ground_truth, manifest_url
-    from isrn_model.wider_eval import WiderFaceEvaluator, load_ground_truth
-    from jobs.environment import JobEnvironment
-
-    settings = JobEnvironment.resolve().s3
-    detector = Detector(model_uri, export_size)
-    try:
-        with tempfile.TemporaryDirectory(prefix="isrn-gt-") as directory:
-            fetch_ground_truth(manifest_url(shards, "val"), directory, settings)
-            ground_truth = load_ground_truth(Path(directory))
-    except (FileNotFoundError, ValueError) as error:
-        raise click.ClickException(f"{shards}: {error}") from None
-    evaluator = WiderFaceEvaluator(ground_truth)
-    predict_split(detector, shards, settings, evaluator)
-    result = evaluator.evaluate()
-    if as_json:
-        click.echo(json.dumps(result.ap))
-        return
-    click.echo(f"WIDER FACE AP of {model_uri} on {shards} (val, {len(ground_truth)} images, input {detector.size}²)")
-    click.echo(f"{'setting':8} {'AP':>7} {'faces':>7}")
-    for setting, ap in result.ap.items():
-        click.echo(f"{setting:8} {ap:7.4f} {result.num_faces[setting]:7d}")

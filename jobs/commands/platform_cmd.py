@@ -52,7 +52,7 @@ def up() -> None:
     except PlatformError as error:
         raise click.ClickException(str(error)) from None
     _print_status(plat)
-    click.echo(f"MLflow UI:      {plat.config.mlflow_uri}")
+    click.echo(f"MLflow UI:      {plat.config.tracking_uri}")
     click.echo(f"Ray dashboard:  {plat.config.ray_dashboard_url}")
     click.echo("Point clients at it with:  eval \"$(isrn platform env)\"")
 
@@ -85,8 +85,8 @@ def check() -> None:
         raise click.ClickException(f"not healthy: {', '.join(unhealthy)}; run `isrn platform up` first")
     run_id = run_smoke(plat.config)
     click.echo(f"smoke run {run_id} in experiment '{SMOKE_EXPERIMENT}': "
-               f"{plat.config.mlflow_uri}/#/experiments/search?searchFilter=run_id%3D%27{run_id}%27")
-    click.echo(f"MLflow REST: {plat.config.mlflow_uri}/api/2.0/mlflow/runs/get?run_id={run_id}")
+               f"{plat.config.tracking_uri}/#/experiments/search?searchFilter=run_id%3D%27{run_id}%27")
+    click.echo(f"MLflow REST: {plat.config.tracking_uri}/api/2.0/mlflow/runs/get?run_id={run_id}")
 
 
 @platform.command()

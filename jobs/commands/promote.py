@@ -16,10 +16,12 @@ import json
 
 import click
 
+from jobs.errors import ConfigError
+from jobs.metrics import VAL_AP_HARD
 from jobs.promotion.lock import LockPolicy
-from jobs.spec import SpecError, TrackingSpec, load_spec
+from jobs.spec import TrackingConfig, load_spec
 
-DEFAULT_MODEL = TrackingSpec.model_fields["registered_model"].default
+DEFAULT_MODEL = TrackingConfig.__pydantic_fields__["registered_model"].default
 DEFAULT_LOCK = LockPolicy()
 
 
@@ -35,7 +37,7 @@ def _registered_model(spec_name: str | None) -> str:
     """The spec's tracking.registered_model; the default for a spec that is not a shipped file."""
     try:
         return load_spec(spec_name).tracking.registered_model if spec_name else DEFAULT_MODEL
-    except SpecError:
+    except ConfigError:
         return DEFAULT_MODEL
 
 
@@ -50,7 +52,7 @@ def resolve_target(tracking_uri: str, spec_name: str | None, experiment: str | N
     if spec_name:
         try:
             spec = load_spec(spec_name)
-        except SpecError as error:
+        except ConfigError as error:
             raise click.BadParameter(str(error), param_hint="SPEC") from None
         return Target(experiment or spec.tracking.experiment, model_name or spec.tracking.registered_model)
     if experiment or run_id:
@@ -72,7 +74,7 @@ def resolve_target(tracking_uri: str, spec_name: str | None, experiment: str | N
 @click.option("--experiment", default=None, help="MLflow experiment to pick the best run from (default: the SPEC's).")
 @click.option("--study", default=None, metavar="STUDY", help="Only the trials of this Tune study.")
 @click.option("--run", "run_id", default=None, metavar="RUN_ID", help="Promote this run instead of the best one.")
-@click.option("--metric", default="val_ap_hard", show_default=True,
+@click.option("--metric", default=VAL_AP_HARD, show_default=True,
               help="A metric of the logged model (its own weights' AP); higher is better.")
 @click.option("--margin", default=0.0, show_default=True, type=float,
               help="Beat the champion by at least this to take the alias.")
@@ -104,15 +106,19 @@ def promote(spec_name: str | None, experiment: str | None, study: str | None, ru
         rule = PromotionRule(metric=metric, margin=margin)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
-    uri = JobEnvironment.resolve().mlflow_uri
+    from jobs.errors import ServiceUnavailableError
+    from jobs.preflight import check_tracking_server
+
+    uri = JobEnvironment.resolve().tracking_uri
     try:
+        check_tracking_server(uri)
         if break_lock:
             _break_lock(uri, model_name or _registered_model(spec_name))
             return
         target = resolve_target(uri, spec_name, experiment, run_id, model_name)
         result = run_promotion(uri, experiment=target.experiment, name=target.model_name, rule=rule, run_id=run_id,
                                study=study, dry_run=dry_run, lock=policy)
-    except PromotionError as error:
+    except (PromotionError, ServiceUnavailableError) as error:
         raise click.ClickException(str(error)) from None
     if as_json:
         click.echo(json.dumps({**describe(result), "experiment_from": target.origin or "named"}))

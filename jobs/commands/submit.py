@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 
 from jobs import tags
-from jobs.spec import SpecError, load_spec
+from jobs.errors import ConfigError
+from jobs.spec import load_spec
 
 _ADDRESS_HELP = ("Ray Jobs API address; wins over RAY_API_SERVER_ADDRESS and RAY_ADDRESS "
                  "(default: RAY_API_SERVER_ADDRESS, else the local platform's dashboard).")
@@ -77,7 +78,7 @@ def submit(spec: str, address: str | None, overrides: tuple[str, ...], command: 
         job_spec = load_spec(spec, overrides)
         env_vars = parse_env(env_items, os.environ)
         runtime_env = read_runtime_env(runtime_env_file)
-    except (SpecError, SubmissionError) as error:
+    except (ConfigError, SubmissionError) as error:
         raise click.ClickException(str(error)) from None
     client, address = _client(address)
     local = is_local_platform(address, Platform(JobEnvironment.resolve().local).platform_id)

@@ -6,7 +6,9 @@ import sys
 
 import click
 
-from jobs.spec import SpecError, load_spec
+from jobs.errors import ConfigError, ServiceUnavailableError
+from jobs.metrics import AP_METRICS
+from jobs.spec import load_spec
 
 
 @click.command()
@@ -23,7 +25,7 @@ def train(spec: str, overrides: tuple[str, ...], resume: str | None, dry_run: bo
     """
     try:
         job_spec = load_spec(spec, overrides)
-    except SpecError as error:
+    except ConfigError as error:
         raise click.ClickException(str(error)) from None
     if explain:
         from jobs.spec import explain as explain_spec
@@ -39,12 +41,12 @@ def train(spec: str, overrides: tuple[str, ...], resume: str | None, dry_run: bo
 
     try:
         outcome = run_training(job_spec, resume=resume)
-    except SpecError as error:
+    except (ConfigError, ServiceUnavailableError) as error:
         raise click.ClickException(str(error)) from None
     except TrainingFailedError as error:
         click.echo(f"training failed: {error}", err=True)
         sys.exit(1)
-    ap = {k: v for k, v in outcome.metrics.items() if k.startswith("val_ap_")}
+    ap = {name: outcome.metrics[name] for name in AP_METRICS if name in outcome.metrics}
     click.echo(f"run {outcome.run_name} finished: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(ap.items())))
     click.echo(f"MLflow run: {outcome.mlflow_run_url}")
     if outcome.model_uri:

@@ -11,7 +11,9 @@ import sys
 
 import click
 
-from jobs.spec import SpecError, load_spec
+from jobs.errors import ConfigError, ServiceUnavailableError
+from jobs.metrics import VAL_AP_HARD
+from jobs.spec import load_spec
 
 
 @click.command()
@@ -34,7 +36,7 @@ def tune(spec: str, overrides: tuple[str, ...], resume: str | None, name: str | 
     try:
         job_spec = load_spec(spec, overrides)
         check_space(job_spec)
-    except SpecError as error:
+    except ConfigError as error:
         raise click.ClickException(str(error)) from None
     if explain:
         from jobs.spec import explain as explain_spec
@@ -48,7 +50,7 @@ def tune(spec: str, overrides: tuple[str, ...], resume: str | None, name: str | 
 
     try:
         outcome = run_study(job_spec, resume=resume, name=name)
-    except SpecError as error:
+    except (ConfigError, ServiceUnavailableError) as error:
         raise click.ClickException(str(error)) from None
     if outcome.interrupted:
         click.echo(f"study {outcome.study} interrupted: resume with `isrn tune {spec} --resume {outcome.study}`", err=True)
@@ -56,7 +58,7 @@ def tune(spec: str, overrides: tuple[str, ...], resume: str | None, name: str | 
     stopped = sum(row["early_stopped"] == "true" for row in outcome.trials)
     click.echo(f"study {outcome.study}: {len(outcome.trials)} trials, {stopped} stopped early, "
                f"{outcome.wall_s:.0f} s")
-    metric = job_spec.tune.metric if job_spec.tune else "val_ap_hard"
+    metric = job_spec.tune.metric if job_spec.tune else VAL_AP_HARD
     dims = list(job_spec.tune.space) if job_spec.tune else []
     click.echo("  ".join(["trial", "status", "early", f"best_{metric}", *dims]))
     for row in outcome.trials:

@@ -4,7 +4,9 @@ The defaults below are the platform; nothing needs a file, so an installed packa
 the container image) runs from any folder. `ISRN_PLATFORM_CONFIG=FILE` names a YAML file of
 overrides (`platform/local.yaml` in the repository documents every field), and a variable
 `ISRN_<SECTION>_<FIELD>` (`ISRN_MLFLOW_PORT=5001`), or `ISRN_<FIELD>` for the top-level fields
-(`ISRN_STATE_DIR`), overrides both. Unknown keys are rejected by name.
+(`ISRN_STATE_DIR`), overrides both: each variable is the override `section.field=VALUE` of the one
+override syntax (`jobs/overrides.py`, as `--set` on a spec), its value read as YAML. Unknown keys
+are rejected by name.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from jobs.sections import Section, describe_errors
+from isrn_model.section import Section, config_section, section_fields
+from jobs.errors import ConfigError
+from jobs.overrides import apply_overrides
 
 
 def default_state_dir() -> Path:
@@ -24,6 +28,7 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "isrn"
 
 
+@config_section
 class S3Config(Section):
     port: int = 8333
     """The S3 API. SeaweedFS moves to the next port when one is busy, so every port it opens is
@@ -47,12 +52,14 @@ class S3Config(Section):
         return (self.bucket_shards, self.bucket_checkpoints, self.bucket_mlflow)
 
 
+@config_section
 class MlflowConfig(Section):
     port: int = 5000
     workers: int = 1
     """Uvicorn workers of the tracking server; one is plenty on a 2-core machine."""
 
 
+@config_section
 class RayConfig(Section):
     port: int = 6379
     dashboard_port: int = 8265
@@ -69,6 +76,7 @@ class RayConfig(Section):
     `isrn platform up` and kept in the state directory (jobs/ray_auth.py)."""
 
 
+@config_section
 class PlatformConfig(Section):
     state_dir: Path | None = None
     """Data, logs and pid files of the services; None: `$XDG_STATE_HOME/isrn` (~/.local/state/isrn)."""
@@ -91,7 +99,7 @@ class PlatformConfig(Section):
         return f"http://{self.host}:{self.s3.port}"
 
     @property
-    def mlflow_uri(self) -> str:
+    def tracking_uri(self) -> str:
         return f"http://{self.host}:{self.mlflow.port}"
 
     @property
@@ -110,7 +118,7 @@ class PlatformConfig(Section):
             "AWS_ACCESS_KEY_ID": self.s3.access_key,
             "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
             "AWS_DEFAULT_REGION": self.s3.region,
-            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
             # Train's placement-group cleaner calls ray.init() and refuses to guess when several
             # Ray instances run on the machine.
             "RAY_ADDRESS": self.ray_gcs_address,
@@ -130,20 +138,16 @@ class PlatformConfig(Section):
         }
 
 
-def _apply_env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    merged = {key: (dict(value) if isinstance(value, dict) else value) for key, value in raw.items()}
-    for name, field in PlatformConfig.model_fields.items():
-        section_type = field.annotation
-        if isinstance(section_type, type) and issubclass(section_type, Section):
-            for sub in section_type.model_fields:
-                env_name = f"ISRN_{name}_{sub}".upper()
-                if env_name in environ:
-                    merged.setdefault(name, {})[sub] = environ[env_name]
-        else:
-            env_name = f"ISRN_{name}".upper()
-            if env_name in environ:
-                merged[name] = environ[env_name]
-    return merged
+def env_overrides(environ: dict[str, str]) -> list[str]:
+    """The `section.field=VALUE` overrides the `ISRN_<SECTION>_<FIELD>` / `ISRN_<FIELD>` variables make."""
+    found = []
+    for name, field in section_fields(PlatformConfig).items():
+        subfields = section_fields(field.annotation)
+        for path in ([f"{name}.{sub}" for sub in subfields] if subfields else [name]):
+            variable = "ISRN_" + path.replace(".", "_").upper()
+            if variable in environ:
+                found.append(f"{path}={environ[variable]}")
+    return found
 
 
 def load_platform_config(path: Path | None = None, environ: dict[str, str] | None = None) -> PlatformConfig:
@@ -154,13 +158,15 @@ def load_platform_config(path: Path | None = None, environ: dict[str, str] | Non
     if source:
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"platform config {path} (ISRN_PLATFORM_CONFIG) not found: give a YAML file, "
-                                    "or unset it to use the defaults")
+            raise ConfigError(f"platform config {path} (ISRN_PLATFORM_CONFIG) not found: give a YAML file, "
+                              "or unset it to use the defaults")
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    where = f"{path}" if source else "platform defaults"
     try:
-        return PlatformConfig.model_validate(_apply_env_overrides(raw, environ))
-    except ValidationError as error:
-        where = f"{path}" if source else "platform defaults"
-        raise ValueError(f"{where}: {describe_errors(error)} (environment overrides: ISRN_<SECTION>_<FIELD>)") from None
+        return PlatformConfig.from_dict(apply_overrides(raw, env_overrides(environ), flag="ISRN_<SECTION>_<FIELD>"),
+                                        owner="")
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error} (environment overrides: ISRN_<SECTION>_<FIELD>=VALUE, read as YAML)"
+                          ) from None

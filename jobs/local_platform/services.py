@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import psutil
@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 
 SERVICE_ORDER = ("s3", "mlflow", "ray")
 PLATFORM_LABEL = "isrn.io/local-platform"
+
+
+def is_local_platform(node_labels: Iterable[Mapping[str, str] | None], platform_id: str | None = None) -> bool:
+    """Whether a cluster is a local platform, from the labels of its live nodes: one carries
+    `PLATFORM_LABEL` (`isrn platform up` labels its head). With `platform_id`, only this machine's own
+    platform counts (`isrn submit` sends this shell's settings to nothing else)."""
+    values = [(labels or {}).get(PLATFORM_LABEL) for labels in node_labels]
+    return any(values) if platform_id is None else platform_id in values
 """A node label of the local head, valued with the state directory's platform id: how a client
 recognises this machine's platform by asking the cluster, whatever address reaches it."""
 
@@ -182,8 +190,8 @@ class Platform:
             # taken from the two cores the first training run needs.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
-        health = lambda: _http_ok(f"{c.mlflow_uri}/health")  # noqa: E731
-        return _Service("mlflow", c.mlflow_uri, {"mlflow": c.mlflow.port}, command, env, health, 120.0)
+        health = lambda: _http_ok(f"{c.tracking_uri}/health")  # noqa: E731
+        return _Service("mlflow", c.tracking_uri, {"mlflow": c.mlflow.port}, command, env, health, 120.0)
 
     @property
     def ray_temp_dir(self) -> Path:

@@ -46,11 +46,11 @@ def run_smoke(config: PlatformConfig) -> str:
         ray.shutdown()
     ray_seconds = time.perf_counter() - started
 
-    mlflow.set_tracking_uri(config.mlflow_uri)
+    mlflow.set_tracking_uri(config.tracking_uri)
     mlflow.set_experiment(SMOKE_EXPERIMENT)
     with mlflow.start_run(run_name="platform-smoke") as run:
         mlflow.log_params({"s3_endpoint": config.s3_endpoint, "ray_cpus": cluster_cpus})
         mlflow.log_metrics({"s3_round_trip_s": s3_seconds, "ray_tasks_s": ray_seconds, "ray_sum": ray_result})
         mlflow.log_text("S3, Ray and MLflow answered.\n", "smoke/report.txt")
-    log.info("smoke run %s logged to %s", run.info.run_id, config.mlflow_uri)
+    log.info("smoke run %s logged to %s", run.info.run_id, config.tracking_uri)
     return run.info.run_id

@@ -22,12 +22,14 @@ from jobs.promotion.decision import (
     PromotionRule,
     Ranking,
     assess,
+    is_score,
     logged_model_id,
     rank,
     should_promote,
 )
 from jobs.promotion.errors import PromotionError, RegistryError, already_exists, get_or_none, registry_call
 from jobs.promotion.lock import LockPolicy, check_held, promotion_lock
+from jobs.preflight import check_tracking_server
 from jobs.promotion.notes import model_description, version_description
 
 log = logging.getLogger(__name__)
@@ -50,18 +52,6 @@ class PromotionResult:
     """(run id, why it is not a candidate) for the experiment's other finished runs."""
     lock_wait_s: float | None = None
     locks_broken: int = 0
-
-
-def check_registry(tracking_uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast and clearly when the tracking server does not answer (the client retries for minutes)."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return
-    import requests
-
-    try:
-        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
-    except requests.RequestException as error:
-        raise PromotionError(f"MLflow registry at {tracking_uri} is unreachable: {error}") from None
 
 
 def _every(search: Callable[..., Any], *args: Any, **kwargs: Any) -> list:
@@ -148,7 +138,8 @@ def version_candidate(version, metric: str) -> Candidate:
     def number(key: str) -> float | None:
         return float(tags[key]) if key in tags else None
 
-    scores = {k: number(T.metric_tag(k)) for k in AP_METRICS if T.metric_tag(k) in tags}
+    scores = {k.removeprefix(T.METRIC_PREFIX): float(v) for k, v in tags.items()
+              if k.startswith(T.METRIC_PREFIX) and is_score(k.removeprefix(T.METRIC_PREFIX))}
     epoch, step = number(T.BEST_EPOCH), number(T.BEST_STEP)
     return Candidate(run_id=tags.get(T.RUN_ID, version.run_id or ""), metric=number(T.metric_tag(metric)),
                      val_manifest=tags.get(T.VAL_MANIFEST), version=str(version.version),
@@ -220,7 +211,7 @@ def promote(tracking_uri: str, *, experiment: str | None = None, name: str = "is
     """Register the best (or the given) run's logged model as a version of `name`; decide on `champion`."""
     from mlflow.tracking import MlflowClient
 
-    check_registry(tracking_uri)
+    check_tracking_server(tracking_uri)
     client = MlflowClient(tracking_uri)
     done: list[str] = []
     try:

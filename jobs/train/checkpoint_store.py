@@ -21,12 +21,35 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from jobs.metrics import CHECKPOINT_SCORE, STEP
+
 log = logging.getLogger(__name__)
+
+UNEVALUATED = -1.0
+"""The `checkpoint_score` of a checkpoint no evaluation saw (kept by Ray only while it is the latest,
+to resume from): below every AP (APs lie in [0, 1]) and finite, because Ray writes its checkpoint
+bookkeeping as strict JSON, where -inf becomes null and a resumed run's controller then fails to
+rank the checkpoints it restored."""
+
+
+def is_evaluated(score: float) -> bool:
+    """Whether a checkpoint score is an AP of the checkpoint's own weights."""
+    return math.isfinite(score) and score >= 0.0
+
+
+def best_evaluated(checkpoints: Iterable[tuple[Any, dict[str, Any]]]) -> tuple[Any, dict[str, Any]] | None:
+    """The rule that picks a run's model: of (checkpoint, its report's metrics) pairs, the evaluated one
+    with the highest `checkpoint_score` (AP Hard of its own weights); on a tie the later step. None
+    when no checkpoint was evaluated. Training runs and Tune trials both log the model it picks."""
+    scored = [(c, m) for c, m in checkpoints if is_evaluated(float(m.get(CHECKPOINT_SCORE, UNEVALUATED)))]
+    return max(scored, key=lambda pair: (float(pair[1][CHECKPOINT_SCORE]), int(pair[1].get(STEP, 0))), default=None)
 
 COMPLETE_MARKER = "COMPLETE.json"
 """Written after all other files of a checkpoint folder, with their sizes: its presence means whole."""
@@ -50,6 +73,8 @@ class StoredCheckpoint:
     epoch: int
     path: str
     """Path on the store's filesystem (`bucket/prefix/run/step_…` for S3)."""
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False)
+    """The metrics reported with the checkpoint (its marker's copy): `checkpoint_score`, `val_ap_*`, …"""
 
 
 class CheckpointStore:
@@ -68,6 +93,10 @@ class CheckpointStore:
 
     def path_of(self, step: int) -> str:
         return f"{self.run_path}/{checkpoint_dir_name(step)}"
+
+    def url_of(self, path: str) -> str:
+        """A folder of this store as a URL others can read (`s3://bucket/…`, or the local path)."""
+        return f"s3://{path}" if self.filesystem.type_name == "s3" else path
 
     # ---- writing
     def upload(self, local_dir: Path, *, step: int, epoch: int, metrics: dict[str, Any] | None = None) -> str:
@@ -116,7 +145,17 @@ class CheckpointStore:
             return None
         with self.filesystem.open_input_stream(marker) as stream:
             record = json.loads(stream.readall())
-        return StoredCheckpoint(step=int(record["step"]), epoch=int(record["epoch"]), path=path.rstrip("/"))
+        return StoredCheckpoint(step=int(record["step"]), epoch=int(record["epoch"]), path=path.rstrip("/"),
+                                metrics=dict(record.get("metrics") or {}))
+
+    def complete(self) -> list[StoredCheckpoint]:
+        """Every complete checkpoint of the run, by step."""
+        return [found for found in map(self.read, self.folders()) if found is not None]
+
+    def best_evaluated(self) -> StoredCheckpoint | None:
+        """The run's checkpoint that `best_evaluated` picks, from the metrics in the markers."""
+        best = best_evaluated((found, found.metrics) for found in self.complete())
+        return best[0] if best else None
 
     def latest(self) -> StoredCheckpoint | None:
         """The complete checkpoint of the highest step, or None."""

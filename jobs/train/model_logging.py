@@ -12,6 +12,7 @@ import torch
 
 from isrn_model.builder import build_isrn
 from isrn_model.export import ExportableISRN, save_model
+from jobs import metrics as M
 from jobs import tags
 from jobs.spec import JobSpec
 from jobs.train.checkpoints import load_checkpoint
@@ -24,7 +25,7 @@ MODEL_NAME = "model"
 def detector_from_checkpoint(checkpoint_dir: Path, spec: JobSpec | None = None):
     """The eager ISRN of a training checkpoint (in eval mode) and the spec it was trained with."""
     _, payload = load_checkpoint(checkpoint_dir)
-    spec = spec or JobSpec.model_validate(payload["spec"])
+    spec = spec or JobSpec.from_dict(payload["spec"])
     model = build_isrn(spec.model, loss=spec.loss, inference=spec.inference)
     model.load_state_dict(payload["model"])
     return model.eval(), spec
@@ -79,11 +80,12 @@ def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: Job
 
 
 def log_model_metrics(tracking_uri: str, run_id: str, model_uri: str, ap: Mapping[str, float], *, epoch: int,
-                      step: int, val_manifest: str | None) -> None:
-    """Record the AP of the logged model's own weights on the model and on the run (issue #12).
+                      step: int, val_manifest: str | None, breakdown: Mapping[str, float] | None = None) -> None:
+    """Record the AP of the logged model's own weights on the model and on the run.
 
     `ap` maps `easy`/`medium`/`hard` to the AP that evaluating exactly the weights of `model_uri`
-    (`models:/m-…`) gave on the val manifest `val_manifest`, after `epoch` at `step`. The LoggedModel
+    (`models:/m-…`) gave on the val manifest `val_manifest`, after `epoch` at `step` (and `breakdown`,
+    that evaluation's `val_ap_hard_<subset>` metrics). The LoggedModel
     gets metrics `val_ap_*` (step `step`, dataset digest = the val manifest) and params `best_epoch`,
     `best_step`; the run gets `best_val_ap_*`, `best_epoch`, `best_step`. `isrn promote` compares
     the model's `val_ap_*`, never the run's last value. (MLflow also adds the model's metrics to the
@@ -98,8 +100,10 @@ def log_model_metrics(tracking_uri: str, run_id: str, model_uri: str, ap: Mappin
     model_id = model_uri.removeprefix("models:/")
     now = int(time.time() * 1000)
     dataset = {"dataset_name": "val", "dataset_digest": val_manifest} if val_manifest else {}
-    on_model = [Metric(f"val_ap_{k}", float(v), now, step, model_id=model_id, **dataset) for k, v in ap.items()]
-    on_run = [Metric(f"best_val_ap_{k}", float(v), now, step) for k, v in ap.items()]
-    on_run += [Metric("best_epoch", float(epoch), now, step), Metric("best_step", float(step), now, step)]
+    on_model = [Metric(M.VAL_AP[k], float(v), now, step, model_id=model_id, **dataset) for k, v in ap.items()]
+    # The same evaluation's Hard AP per face subset, which promotion shows beside the champion's.
+    on_model += [Metric(k, float(v), now, step, model_id=model_id, **dataset) for k, v in (breakdown or {}).items()]
+    on_run = [Metric(M.BEST_VAL_AP[k], float(v), now, step) for k, v in ap.items()]
+    on_run += [Metric(M.BEST_EPOCH, float(epoch), now, step), Metric(M.BEST_STEP, float(step), now, step)]
     client.log_batch(run_id, metrics=on_model + on_run, synchronous=True)
-    client.log_model_params(model_id, {"best_epoch": str(epoch), "best_step": str(step)})
+    client.log_model_params(model_id, {M.BEST_EPOCH: str(epoch), M.BEST_STEP: str(step)})

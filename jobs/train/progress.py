@@ -1,13 +1,17 @@
 """What a person sees while training runs: one progress bar per epoch and one line per evaluation.
 
-Rank 0 sends small events through a Ray queue to the driver (`ProgressSink`), and the driver draws
-them (`ProgressDisplay`): a tqdm bar with steps, images/s, loss and ETA on a terminal, one line per
-epoch otherwise (a Ray job's log, CI). Ray Train's own per-report lines stay in the workers' logs
+Rank 0 sends small typed events through a Ray queue to the driver (`ProgressSink`), and the driver
+draws them (`ProgressDisplay`): a tqdm bar with steps, images/s, loss and ETA on a terminal, one line
+per epoch otherwise (a Ray job's log, CI). Ray Train's own per-report lines stay in the workers' logs
 at INFO and reach the terminal only with `isrn -v` or when something goes wrong.
+
+The events are dataclasses, so a misspelt field fails where the event is made, and the display
+handles each type explicitly: an event type it does not know is an error, not silently dropped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import threading
@@ -17,17 +21,62 @@ from typing import Any, TextIO
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+    step: int
+    epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochStarted:
+    epoch: int
+    """1-based number of the epoch starting."""
+    epochs: int
+    steps: int
+    """Steps in the epoch."""
+    done: int
+    """Steps of this epoch already done (a run resumed mid-epoch)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepDone:
+    step_in_epoch: int
+    loss: float | None = None
+    """The step's loss, on logging steps only: reading it makes the host wait for the device."""
+    images_per_s: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochEnded:
+    epoch: int
+    epochs: int
+    steps: int
+    loss: float
+    images_per_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluated:
+    epoch: int
+    epochs: int
+    ap: dict[str, float]
+    seconds: float
+
+
+ProgressEvent = Resumed | EpochStarted | StepDone | EpochEnded | Evaluated
+
+
 class ProgressSink:
     """The worker side: rank 0 emits, other ranks and runs without a display (Tune trials) do nothing."""
 
     def __init__(self, queue: Any | None) -> None:
         self.queue = queue
 
-    def emit(self, kind: str, **data: Any) -> None:
+    def emit(self, event: ProgressEvent) -> None:
         if self.queue is None:
             return
         try:
-            self.queue.put_nowait((kind, data))
+            self.queue.put_nowait(event)
         except Exception as error:  # noqa: BLE001 - the display is a convenience, never a reason to stop training
             log.debug("progress event dropped: %s", error)
             self.queue = None
@@ -69,18 +118,31 @@ class ProgressDisplay:
                 event = self.queue.get(timeout=0.5)
             except Exception:  # noqa: BLE001 - Empty, or the queue actor gone with the cluster
                 continue
-            self.handle(*event)
+            self.handle(event)
 
     def _drain(self) -> None:
         try:
             while not self.queue.empty():
-                self.handle(*self.queue.get_nowait())
+                self.handle(self.queue.get_nowait())
         except Exception:  # noqa: BLE001
             pass
 
     # ---- events ---------------------------------------------------------------------------------
-    def handle(self, kind: str, data: dict[str, Any]) -> None:
-        getattr(self, f"_on_{kind}", lambda _: None)(data)
+    def handle(self, event: ProgressEvent) -> None:
+        match event:
+            case Resumed():
+                self._print(f"resumed from the checkpoint of step {event.step} (epoch {event.epoch})")
+            case EpochStarted():
+                self._epoch_started_at(event)
+            case StepDone():
+                self._step(event)
+            case EpochEnded():
+                self._epoch_ended(event)
+            case Evaluated():
+                self._print(f"epoch {event.epoch}/{event.epochs} val AP  {format_ap(event.ap)}  "
+                            f"({event.seconds:.0f} s)")
+            case _:
+                raise TypeError(f"unknown progress event {event!r}")
 
     def _print(self, text: str) -> None:
         if self._bar is not None:
@@ -88,10 +150,7 @@ class ProgressDisplay:
         else:
             print(text, file=self.out, flush=True)
 
-    def _on_resume(self, d: dict[str, Any]) -> None:
-        self._print(f"resumed from the checkpoint of step {d['step']} (epoch {d['epoch']})")
-
-    def _on_epoch_start(self, d: dict[str, Any]) -> None:
+    def _epoch_started_at(self, event: EpochStarted) -> None:
         self._epoch_started = time.monotonic()
         if not self.tty:
             return
@@ -99,22 +158,20 @@ class ProgressDisplay:
 
         if self._bar is not None:
             self._bar.close()
-        self._bar = tqdm(total=d["steps"], initial=d["done"], desc=f"epoch {d['epoch']}/{d['epochs']}",
+        self._bar = tqdm(total=event.steps, initial=event.done, desc=f"epoch {event.epoch}/{event.epochs}",
                          unit="step", file=self.out, dynamic_ncols=True, leave=True)
 
-    def _on_step(self, d: dict[str, Any]) -> None:
+    def _step(self, event: StepDone) -> None:
         if self._bar is None:
             return
-        self._bar.update(d["step_in_epoch"] - self._bar.n)
-        self._bar.set_postfix(loss=f"{d['loss']:.3f}", img_s=f"{d['images_per_s']:.1f}", refresh=False)
+        self._bar.update(event.step_in_epoch - self._bar.n)
+        if event.loss is not None and event.images_per_s is not None:
+            self._bar.set_postfix(loss=f"{event.loss:.3f}", img_s=f"{event.images_per_s:.1f}", refresh=False)
 
-    def _on_epoch_end(self, d: dict[str, Any]) -> None:
+    def _epoch_ended(self, event: EpochEnded) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
             return
-        self._print(f"epoch {d['epoch']}/{d['epochs']}: {d['steps']} steps, {d['images_per_s']:.1f} images/s, "
-                    f"loss {d['loss']:.3f}, {time.monotonic() - self._epoch_started:.0f} s")
-
-    def _on_evaluation(self, d: dict[str, Any]) -> None:
-        self._print(f"epoch {d['epoch']}/{d['epochs']} val AP  {format_ap(d['ap'])}  ({d['seconds']:.0f} s)")
+        self._print(f"epoch {event.epoch}/{event.epochs}: {event.steps} steps, {event.images_per_s:.1f} images/s, "
+                    f"loss {event.loss:.3f}, {time.monotonic() - self._epoch_started:.0f} s")

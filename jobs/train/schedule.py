@@ -8,10 +8,10 @@ import math
 import torch
 from torch import nn
 
-from jobs.spec import OptimSpec
+from jobs.spec import OptimConfig
 
 
-def learning_rate(step: int, total_steps: int, optim: OptimSpec) -> float:
+def learning_rate(step: int, total_steps: int, optim: OptimConfig) -> float:
     """The lr at optimiser step `step` (0-based) of `total_steps`.
 
     Linear warm-up from `warmup_factor × lr` over `warmup_steps`, then step decay by `gamma` at
@@ -29,7 +29,7 @@ def learning_rate(step: int, total_steps: int, optim: OptimSpec) -> float:
     return optim.lr * optim.gamma ** bisect.bisect_right(list(optim.milestones), progress)
 
 
-def build_optimizer(model: nn.Module, optim: OptimSpec) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
     """SGD with momentum or AdamW; norm weights and biases get no weight decay."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import torch
 
+from jobs import metrics as M
+from jobs.train.collectives import broadcast_from_rank_0
 from jobs.train import faults
 from jobs.train.checkpoint_store import CheckpointStore, StoredCheckpoint, checkpoint_dir_name, step_of
 
@@ -40,14 +42,17 @@ class LocalSession:
     rank = 0
     world_size = 1
 
-    def __init__(self, checkpoint_root: Path, restore_from: Path | None = None) -> None:
+    def __init__(self, checkpoint_root: Path, restore_from: Path | None = None,
+                 device: str | torch.device | None = None) -> None:
         self.checkpoint_root = Path(checkpoint_root)
         self.store = CheckpointStore.local(self.checkpoint_root)
         self._restore = restore_from
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.reports: list[dict[str, Any]] = []
 
     def device(self) -> torch.device:
-        return torch.device("cpu")
+        """The GPU when there is one (or the device given), else the CPU."""
+        return self._device
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
@@ -61,7 +66,7 @@ class LocalSession:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         self.reports.append(dict(metrics))
         if checkpoint_dir is not None:
-            self.store.upload(checkpoint_dir, step=metrics["step"], epoch=metrics["epoch"], metrics=metrics)
+            self.store.upload(checkpoint_dir, step=metrics[M.STEP], epoch=metrics[M.EPOCH], metrics=metrics)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
             self._restore = None
 
@@ -121,7 +126,7 @@ class RaySession:
             # marker are half uploads of a dead worker.
             for path in self.store.prune_incomplete():
                 log.warning("removed the incomplete checkpoint folder %s", path)
-        choice = broadcast_from_rank_0(choice)
+        choice = broadcast_from_rank_0(choice, self.device())
         if choice is None:
             return None
         self._restore_copy = self.store.download(choice.path, Path(tempfile.mkdtemp(prefix="isrn-restore-")))
@@ -141,7 +146,7 @@ class RaySession:
             # A barrier: every rank calls it the same number of times, only rank 0 passes a checkpoint.
             ray.train.report(metrics)
             return
-        step, epoch = int(metrics["step"]), int(metrics["epoch"])
+        step, epoch = int(metrics[M.STEP]), int(metrics[M.EPOCH])
 
         def upload(checkpoint: "ray.train.Checkpoint", name: str) -> "ray.train.Checkpoint":
             path = self.store.upload(Path(checkpoint.path), step=step, epoch=epoch, metrics=metrics)
@@ -164,16 +169,3 @@ class RaySession:
 
                 ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
             faults.fire(index, self.faults[index], self.store.filesystem, self.store.run_path)
-
-
-def broadcast_from_rank_0(value: Any) -> Any:
-    """Rank 0's `value` on every rank (a collective; the value itself without a process group)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    box = [value]
-    # NCCL moves objects through the GPU, gloo through the CPU.
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    dist.broadcast_object_list(box, src=0, device=device)
-    return box[0]

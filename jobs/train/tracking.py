@@ -1,9 +1,9 @@
 """MLflow from the training job: the driver owns the run, rank 0 logs into it with explicit steps.
 
 Ray's MLflow callbacks are not used: Train V2 rejects Tune callbacks, and `setup_mlflow` in
-workers plus a driver run gives two unlinked runs (shared/PLATFORM.md). The run is created on the
-driver, its id travels in the worker config, and after a worker-group restart rank 0 reattaches to
-the same run, so the history stays one run with continuous steps.
+workers plus a driver run gives two unlinked runs. The run is created on the driver, its id travels
+in the worker config, and after a worker-group restart rank 0 reattaches to the same run, so the
+history stays one run with continuous steps.
 """
 
 from __future__ import annotations
@@ -16,11 +16,21 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from jobs.metrics import EVENT_METRICS
 from jobs.tags import RAY_RUN_NAME
 
 log = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    """Where the training loop logs: MLflow on rank 0 (`MlflowTracker`), nothing elsewhere (`NullTracker`)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+    def close(self, timeout_s: float = 600.0) -> None: ...
 
 
 class NullTracker:
@@ -35,12 +45,8 @@ class NullTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 600.0) -> None:
         pass
-
-
-EVENT_METRICS = frozenset({"resumed_from_step"})
-"""Metrics that record events, logged every time (a run resumed twice from one step says so twice)."""
 
 
 class MlflowTracker(NullTracker):
@@ -53,7 +59,7 @@ class MlflowTracker(NullTracker):
     Replays are logged once: a worker group restarted from a checkpoint repeats the steps between that
     checkpoint and the failure, which the run already holds. A metric whose step is at most the run's
     latest step of that metric (read once per metric, at its first call) is not sent again, so the
-    history stays one value per step, the first one (issue 13). Resumed runs are bitwise
+    history stays one value per step, the first one. Resumed runs are bitwise
     deterministic on CPU (the loop skips the batches it had consumed), so the values are the same.
     """
 
@@ -130,8 +136,20 @@ class MlflowTracker(NullTracker):
         return self._logged[key]
 
 
-def make_tracker(is_main: bool, tracking_uri: str, run_id: str | None) -> NullTracker:
+def make_tracker(is_main: bool, tracking_uri: str, run_id: str | None) -> Tracker:
     return MlflowTracker(tracking_uri, run_id) if is_main and run_id else NullTracker()
+
+
+def find_run(tracking_uri: str, experiment: str, run_name: str):
+    """The MLflow run of a Ray run name (tag `isrn.ray_run_name`) in `experiment`, or None."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], f"tags.`{RAY_RUN_NAME}` = '{run_name}'", max_results=1)
+    return runs[0] if runs else None
 
 
 def start_or_resume_run(
@@ -143,16 +161,14 @@ def start_or_resume_run(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    experiment_obj = client.get_experiment_by_name(experiment)
-    experiment_id = experiment_obj.experiment_id if experiment_obj else client.create_experiment(experiment)
-    existing = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RAY_RUN_NAME}` = '{run_name}'", max_results=1
-    )
-    if existing:
-        run_id = existing[0].info.run_id
+    existing = find_run(tracking_uri, experiment, run_name)
+    if existing is not None:
+        run_id = existing.info.run_id
         client.update_run(run_id, status="RUNNING")
         log.info("resuming MLflow run %s (%s)", run_id, run_name)
         return run_id
+    experiment_obj = client.get_experiment_by_name(experiment)
+    experiment_id = experiment_obj.experiment_id if experiment_obj else client.create_experiment(experiment)
     run = client.create_run(experiment_id, run_name=run_name, tags={**tags, RAY_RUN_NAME: run_name})
     run_id = run.info.run_id
     items = list(params.items())

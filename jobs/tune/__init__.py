@@ -3,5 +3,5 @@
     isrn tune tune-smoke                         # a study of the spec's tune: section
     isrn tune tune-smoke --resume tune-smoke-20250101-120000
 
-Nothing here is imported by `jobs.spec` except the typed `TuneSpec` (jobs/tune/config.py).
+Nothing here is imported by `jobs.spec` except the typed `TuneConfig` (jobs/tune/config.py).
 """

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from jobs.sections import Section
+from isrn_model.section import Section, config_section
 
 DOMAINS: dict[str, int | None] = {
     # Ray Tune sampler -> number of arguments (None: a list of values)
@@ -29,28 +29,44 @@ DOMAINS: dict[str, int | None] = {
 """Ray Tune samplers a search dimension may use, as `{sampler: [args]}` (`tune.<sampler>(*args)`)."""
 
 
-class SchedulerSpec(Section):
-    name: Literal["asha", "fifo"] = Field(default="asha", description="asha: early stopping; fifo: none.")
-    time_attr: Literal["epoch", "training_iteration"] = Field(
-        default="epoch", description="ASHA's clock: completed epochs (reports mid-epoch repeat the last one).")
-    grace_period: int = Field(default=1, gt=0, description="Epochs every trial runs before it may be stopped.")
-    max_t: int = Field(default=10, gt=0, description="Epochs after which ASHA stops any trial.")
-    reduction_factor: float = Field(default=2.0, gt=1, description="Keep the top 1/rf at each rung.")
+@config_section
+class SchedulerConfig(Section):
+    """How weak trials stop early (`tune.scheduler`)."""
+
+    name: Literal["asha", "fifo"] = "asha"
+    """asha: early stopping; fifo: none."""
+    time_attr: Literal["epoch", "training_iteration"] = "epoch"
+    """ASHA's clock: completed epochs (reports mid-epoch repeat the last one)."""
+    grace_period: int = Field(default=1, gt=0)
+    """Epochs every trial runs before it may be stopped."""
+    max_t: int = Field(default=10, gt=0)
+    """Epochs after which ASHA stops any trial."""
+    reduction_factor: float = Field(default=2.0, gt=1)
+    """Keep the top 1/rf at each rung."""
 
 
-class TuneSpec(Section):
-    num_samples: int = Field(default=8, gt=0, description="Trials (per grid point, with grid_search).")
-    metric: str = Field(default="val_ap_hard", description="What the scheduler and the search maximise.")
-    mode: Literal["max", "min"] = Field(default="max", description="Whether a higher metric is better.")
-    search: Literal["random", "optuna"] = Field(
-        default="random", description="random: Tune's variant generator; optuna: TPE (optuna must be installed).")
-    seed: int | None = Field(default=0, description="Seed of the search algorithm (None: random).")
-    scheduler: SchedulerSpec = Field(default=SchedulerSpec(), description="Early stopping of weak trials.")
-    max_concurrent_trials: int | None = Field(
-        default=None, gt=0, description="Upper bound; the cluster's CPUs and GPUs bound it anyway.")
-    trial_cpus: float = Field(
-        default=1.0, ge=0, description="CPUs Tune reserves for each trial's driver (the TorchTrainer.fit caller).")
-    space: dict[str, dict[str, Any]] = Field(description="Dotted spec field -> {sampler: args}.")
+@config_section
+class TuneConfig(Section):
+    """A Ray Tune study of the spec (`tune:`)."""
+
+    space: dict[str, dict[str, Any]]
+    """Dotted spec field -> {sampler: args}."""
+    num_samples: int = Field(default=8, gt=0)
+    """Trials (per grid point, with grid_search)."""
+    metric: str = "val_ap_hard"
+    """What the scheduler and the search maximise."""
+    mode: Literal["max", "min"] = "max"
+    """Whether a higher metric is better."""
+    search: Literal["random", "optuna"] = "random"
+    """random: Tune's variant generator; optuna: TPE (optuna must be installed)."""
+    seed: int | None = 0
+    """Seed of the search algorithm (None: random)."""
+    scheduler: SchedulerConfig = SchedulerConfig()
+    """Early stopping of weak trials."""
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+    """Upper bound; the cluster's CPUs and GPUs bound it anyway."""
+    trial_cpus: float = Field(default=1.0, ge=0)
+    """CPUs Tune reserves for each trial's driver (the TorchTrainer.fit caller)."""
 
     @field_validator("space")
     @classmethod

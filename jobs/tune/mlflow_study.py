@@ -21,7 +21,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from jobs import metrics as M
 from jobs import tags
+from jobs.train.tracking import find_run
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +31,6 @@ log = logging.getLogger(__name__)
 def trial_run_name(study: str, trial_id: str) -> str:
     """The Ray Train run name (and MLflow run key) of a trial: stable, so a resumed trial reattaches."""
     return f"{study}-{trial_id}"
-
-
-def find_run(tracking_uri: str, experiment: str, run_name: str):
-    """The MLflow run whose `isrn.ray_run_name` tag (tags.RAY_RUN_NAME) is `run_name`, or None."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    runs = client.search_runs([found.experiment_id], f"tags.`{tags.RAY_RUN_NAME}` = '{run_name}'", max_results=1)
-    return runs[0] if runs else None
 
 
 def early_stop_epochs(trial_epochs: int, max_t: int | None) -> int:
@@ -68,7 +58,7 @@ class TrialRunStatus(Callback):
             log.warning("trial %s has no MLflow run to close", trial.trial_id)
             return
         client = MlflowClient(self.tracking_uri)
-        epochs_done = int((trial.last_result or {}).get("epoch", 0))
+        epochs_done = int((trial.last_result or {}).get(M.EPOCH, 0))
         planned = early_stop_epochs(int(trial.config.get(self.epochs_key, self.default_epochs)), self.max_t)
         early = status == "FINISHED" and epochs_done < planned
         client.set_tag(run.info.run_id, tags.EARLY_STOPPED, str(early).lower())
@@ -111,7 +101,7 @@ def trials_table(tracking_uri: str, experiment: str, parent_run_id: str, dimensi
     rows = []
     for run in runs:
         best = {}
-        for name in ("val_ap_easy", "val_ap_medium", "val_ap_hard"):
+        for name in M.AP_METRICS:
             history = [m.value for m in client.get_metric_history(run.info.run_id, name)]
             best[f"best_{name}"] = max(history) if history else math.nan
         rows.append({
@@ -121,7 +111,7 @@ def trials_table(tracking_uri: str, experiment: str, parent_run_id: str, dimensi
             **{d: run.data.params.get(f"tune.{d}", run.data.params.get(d, "")) for d in dimensions},
             **best,
         })
-    key = f"best_{metric}" if f"best_{metric}" in (rows[0] if rows else {}) else "best_val_ap_hard"
+    key = f"best_{metric}" if f"best_{metric}" in (rows[0] if rows else {}) else M.BEST_VAL_AP["hard"]
     rows.sort(key=lambda r: -r[key] if not math.isnan(r[key]) else math.inf)
     return rows
 
@@ -170,7 +160,7 @@ def log_study_summary(tracking_uri: str, experiment: str, parent_run_id: str, di
     rows = trials_table(tracking_uri, experiment, parent_run_id, dimensions, metric)
     if not rows:
         return rows
-    metric_key = f"best_{metric}" if f"best_{metric}" in rows[0] else "best_val_ap_hard"
+    metric_key = f"best_{metric}" if f"best_{metric}" in rows[0] else M.BEST_VAL_AP["hard"]
     with tempfile.TemporaryDirectory(prefix="isrn-study-") as directory:
         table = Path(directory) / "trials.csv"
         with table.open("w", newline="") as handle:

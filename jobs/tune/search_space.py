@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from jobs.spec import JobSpec, SpecError, load_spec
-from jobs.tune.config import TuneSpec
+from jobs.errors import ConfigError
+from jobs.spec import JobSpec, load_spec
+from jobs.tune.config import TuneConfig
 
 
 def domain(field: str, sampler: str, args: list[Any]):
@@ -26,10 +27,10 @@ def domain(field: str, sampler: str, args: list[Any]):
     try:
         return getattr(tune, sampler)(*args)
     except (TypeError, ValueError, AssertionError) as error:
-        raise SpecError(f"tune.space.{field}: {sampler}{tuple(args)}: {error}") from None
+        raise ConfigError(f"tune.space.{field}: {sampler}{tuple(args)}: {error}") from None
 
 
-def param_space(tune_spec: TuneSpec) -> dict[str, Any]:
+def param_space(tune_spec: TuneConfig) -> dict[str, Any]:
     """Tune's `param_space`: dotted field -> domain (flat: Optuna and the trials table want flat keys)."""
     return {field: domain(field, *next(iter(d.items()))) for field, d in tune_spec.space.items()}
 
@@ -45,8 +46,8 @@ def apply_trial_config(spec: JobSpec, config: dict[str, Any]) -> JobSpec:
     base["tune"] = None
     try:
         return load_spec(base, overrides_of(config))
-    except SpecError as error:
-        raise SpecError(f"tune.space: the trial values {config} make an invalid spec: {error}") from None
+    except ConfigError as error:
+        raise ConfigError(f"tune.space: the trial values {config} make an invalid spec: {error}") from None
 
 
 def check_space(spec: JobSpec) -> None:
@@ -57,11 +58,11 @@ def check_space(spec: JobSpec) -> None:
     fails before any trial starts.
     """
     if spec.tune is None:
-        raise SpecError(f"spec {spec.name!r} has no tune: section (see jobs/specs/tune-smoke.yaml)")
+        raise ConfigError(f"spec {spec.name!r} has no tune: section (see jobs/specs/tune-smoke.yaml)")
     known = spec.flat_params()
     for field, d in spec.tune.space.items():
         if field not in known:
-            raise SpecError(f"tune.space.{field}: no such spec field")
+            raise ConfigError(f"tune.space.{field}: no such spec field")
         (sampler, args), = d.items()
         if sampler in ("choice", "grid_search"):
             candidates = args

@@ -3,11 +3,13 @@
     outcome = run_study(load_spec("tune-smoke"))                  # what `isrn tune tune-smoke` does
     outcome = run_study(load_spec("tune-smoke"), resume="tune-smoke-20250101-120000")
 
-The trainable is a function that builds the spec's `TorchTrainer` (`build_trainer`) with Tune's
-`TuneReportCallback` and fits it (shared/PLATFORM.md: Train V2 under Tune). Tune reserves only the
-trial's own driver CPU, so the study bounds concurrency by what a trial's Train workers need too.
-Trial Train runs are named `<study>-<trial id>`: a trial restarted by a resumed study continues
-from its latest checkpoint in S3 and reattaches to its MLflow child run.
+The trainable is a function that runs the trial's spec exactly as `isrn train` runs a spec
+(`jobs.train.run.execute`: the storage-outage refit, pruning, the checkpoint rule) with Tune's
+`TuneReportCallback` in the Train `RunConfig` (how Ray Train V2 runs under Tune). Tune reserves
+only the trial's own driver CPU, so the study bounds concurrency by what a trial's Train workers
+need too. Trial Train runs are named `<study>-<trial id>`: a trial restarted by a resumed study
+continues from its latest checkpoint in S3 and reattaches to its MLflow child run. The best trial's
+model is logged once the study ends, from that trial's checkpoints, by the rule training uses.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from typing import Any
 from jobs import tags
 from jobs.cluster import Bundle, autoscaler_node_types, cluster_nodes, max_capacity, trials_that_fit
 from jobs.environment import JobEnvironment
-from jobs.preparation import PreparedJob, new_run_name, prepare_job, storage_for
-from jobs.spec import JobSpec, SpecError
-from jobs.train.driver import log_best_model, prune_unregistered_checkpoints
-from jobs.train.worker import CHECKPOINT_SCORE, is_evaluated
-from jobs.train.tracking import finish_run, run_url, set_tag, start_or_resume_run
-from jobs.tune.config import TuneSpec
-from jobs.tune.mlflow_study import TrialRunStatus, closed_trials, find_run, log_study_summary, trial_run_name
+from jobs.errors import ConfigError
+from jobs.spec import JobSpec
+from jobs.train.driver import new_run_name
+from jobs.train.run import PreparedJob, execute, log_best_model, prepare_job, run_store, storage_for
+from jobs.train.tracking import find_run, finish_run, run_url, set_tag, start_or_resume_run
+from jobs.tune.config import TuneConfig
+from jobs.tune.mlflow_study import TrialRunStatus, closed_trials, log_study_summary, trial_run_name
 from jobs.tune.search_space import apply_trial_config, check_space, param_space, searched_values
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ class StudyContext:
     environment)."""
 
     spec: dict[str, Any]
-    mlflow_uri: str
+    tracking_uri: str
     study: str
     parent_run_id: str
     train_manifest: str
@@ -61,27 +63,31 @@ class StudyOutcome:
     failed_trials: list[str] = dataclasses.field(default_factory=list)
 
 
+def trial_job(context: StudyContext, config: dict[str, Any]) -> PreparedJob:
+    """The prepared job of one trial: the study's checks and lineage, the trial's spec."""
+    env = dataclasses.replace(JobEnvironment.resolve(), tracking_uri=context.tracking_uri)
+    trial_spec = apply_trial_config(JobSpec.from_dict(context.spec), config)
+    return PreparedJob(spec=trial_spec, env=env, train_manifest=context.train_manifest,
+                       val_manifest=context.val_manifest, lineage=context.lineage)
+
+
 def run_trial(config: dict[str, Any], *, context: StudyContext) -> None:
-    """Tune's function trainable: the spec with the trial's values, trained by `build_trainer`."""
+    """Tune's function trainable: the trial's spec, run as `isrn train` runs a spec, in its child run.
+
+    Its model is not logged here: the study logs the best trial's once every trial has ended."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from jobs.train.driver import build_trainer
-
-    spec = JobSpec.model_validate(context.spec)
-    trial_spec = apply_trial_config(spec, config)
+    job = trial_job(context, config)
     trial_id = tune.get_context().get_trial_id()
     run_name = trial_run_name(context.study, trial_id)
-    env = dataclasses.replace(JobEnvironment.resolve(), mlflow_uri=context.mlflow_uri)
-    job = PreparedJob(spec=trial_spec, env=env, train_manifest=context.train_manifest,
-                      val_manifest=context.val_manifest, lineage=context.lineage)
-    run_tags = {**context.lineage, tags.SPEC_FINGERPRINT: trial_spec.fingerprint(),
+    run_tags = {**context.lineage, tags.SPEC_FINGERPRINT: job.spec.fingerprint(),
                 "mlflow.parentRunId": context.parent_run_id, tags.STUDY: context.study, tags.TRIAL_ID: trial_id}
-    run_id = start_or_resume_run(env.mlflow_uri, trial_spec.tracking.experiment, run_name, tags=run_tags,
-                                 params={**trial_spec.flat_params(), **searched_values(spec, config)},
-                                 spec_yaml=trial_spec.to_yaml())
-    result = build_trainer(job, run_name, run_id, callbacks=[TuneReportCallback()]).fit()
-    prune_unregistered_checkpoints(trial_spec, env, run_name, result)
+    run_id = start_or_resume_run(context.tracking_uri, job.spec.tracking.experiment, run_name, tags=run_tags,
+                                 params={**job.spec.flat_params(),
+                                         **searched_values(JobSpec.from_dict(context.spec), config)},
+                                 spec_yaml=job.spec.to_yaml())
+    execute(job, run_name, run_id, callbacks=[TuneReportCallback()], log_model=False)
 
 
 def trial_bundles(spec: JobSpec) -> list[Bundle]:
@@ -101,7 +107,7 @@ def max_concurrent_trials(spec: JobSpec, capacity: list[Bundle]) -> int:
     fits = trials_that_fit(trial_bundles(spec), capacity, limit=tune_spec.num_samples)
     if fits < 1:
         per_trial_cpu = tune_spec.trial_cpus + scaling.num_workers * scaling.cpus_per_worker
-        raise SpecError(
+        raise ConfigError(
             f"scaling / tune.trial_cpus: a trial needs {per_trial_cpu:g} CPUs (trial driver {tune_spec.trial_cpus:g} "
             f"+ {scaling.num_workers} workers × {scaling.cpus_per_worker:g}), the Ray cluster has "
             f"{sum(n.get('CPU', 0) for n in capacity):g} on {len(capacity)} node(s) at most: lower "
@@ -110,25 +116,25 @@ def max_concurrent_trials(spec: JobSpec, capacity: list[Bundle]) -> int:
     return min(fits, tune_spec.max_concurrent_trials or fits)
 
 
-def build_scheduler(tune_spec: TuneSpec):
+def build_scheduler(tune_spec: TuneConfig):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = tune_spec.scheduler
     if s.name == "fifo":
         return FIFOScheduler()
     if s.grace_period > s.max_t:
-        raise SpecError(f"tune.scheduler: grace_period ({s.grace_period}) exceeds max_t ({s.max_t})")
+        raise ConfigError(f"tune.scheduler: grace_period ({s.grace_period}) exceeds max_t ({s.max_t})")
     return ASHAScheduler(time_attr=s.time_attr, max_t=s.max_t, grace_period=s.grace_period,
                          reduction_factor=s.reduction_factor)
 
 
-def build_search(tune_spec: TuneSpec, concurrency: int):
+def build_search(tune_spec: TuneConfig, concurrency: int):
     if tune_spec.search == "optuna":
         try:
             import optuna
             from ray.tune.search.optuna import OptunaSearch
         except ImportError:
-            raise SpecError("tune.search: optuna is not installed (pip install 'isrn-platform[tune]'), "
+            raise ConfigError("tune.search: optuna is not installed (pip install 'isrn-platform[tune]'), "
                             "or use search: random") from None
         return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=tune_spec.seed))  # limited by TuneConfig
     from ray.tune.search import BasicVariantGenerator
@@ -157,23 +163,23 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
     study_path = f"{storage_path}/{study}"
     experiment = spec.tracking.experiment
     if resume:
-        parent = find_run(env.mlflow_uri, experiment, study)
+        parent = find_run(env.tracking_uri, experiment, study)
         if parent is None or not tune.Tuner.can_restore(study_path, storage_filesystem=filesystem):
-            raise SpecError(f"no study {study!r} to resume: no MLflow run in experiment {experiment!r} "
+            raise ConfigError(f"no study {study!r} to resume: no MLflow run in experiment {experiment!r} "
                             f"or no Tune state at {study_path}")
         if parent.data.tags.get(tags.SPEC_FINGERPRINT) != spec.fingerprint():
-            raise SpecError(f"study {study!r} ran spec {parent.data.tags.get(tags.SPEC_FINGERPRINT)}, this spec is "
+            raise ConfigError(f"study {study!r} ran spec {parent.data.tags.get(tags.SPEC_FINGERPRINT)}, this spec is "
                             f"{spec.fingerprint()}: resume with the same spec and --set values")
 
     parent_run_id = start_or_resume_run(
-        env.mlflow_uri, experiment, study, params=spec.flat_params(), spec_yaml=spec.to_yaml(),
+        env.tracking_uri, experiment, study, params=spec.flat_params(), spec_yaml=spec.to_yaml(),
         tags={**job.lineage, tags.STUDY: study, tags.TUNE_ROLE: "study",
               tags.TUNE_SEARCH: tune_spec.search, tags.TUNE_SCHEDULER: tune_spec.scheduler.name},
     )
     log.info("study %s (%d trials, %d at a time): MLflow run %s", study, tune_spec.num_samples, concurrency,
-             run_url(env.mlflow_uri, parent_run_id))
+             run_url(env.tracking_uri, parent_run_id))
 
-    context = StudyContext(spec=spec.to_dict(), mlflow_uri=env.mlflow_uri, study=study, parent_run_id=parent_run_id,
+    context = StudyContext(spec=spec.to_dict(), tracking_uri=env.tracking_uri, study=study, parent_run_id=parent_run_id,
                            train_manifest=job.train_manifest, val_manifest=job.val_manifest, lineage=job.lineage)
     trainable = tune.with_resources(functools.partial(run_trial, context=context), {"CPU": tune_spec.trial_cpus})
     if resume:
@@ -189,7 +195,7 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
                                         num_samples=tune_spec.num_samples, max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(
                 name=study, storage_path=storage_path, storage_filesystem=filesystem,
-                callbacks=[TrialRunStatus(env.mlflow_uri, experiment, study, default_epochs=spec.train.epochs,
+                callbacks=[TrialRunStatus(env.tracking_uri, experiment, study, default_epochs=spec.train.epochs,
                                           max_t=max_t)],
                 failure_config=tune.FailureConfig(max_failures=0),  # Train restarts workers itself
             ),
@@ -197,59 +203,49 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
     try:
         results = tuner.fit()
     except BaseException:
-        finish_run(env.mlflow_uri, parent_run_id, "FAILED")
+        finish_run(env.tracking_uri, parent_run_id, "FAILED")
         raise
 
-    interrupted = closed_trials(env.mlflow_uri, experiment, parent_run_id) < len(results)
+    interrupted = closed_trials(env.tracking_uri, experiment, parent_run_id) < len(results)
     if interrupted:
-        finish_run(env.mlflow_uri, parent_run_id, "KILLED")
+        finish_run(env.tracking_uri, parent_run_id, "KILLED")
         log.warning("study %s interrupted: resume it with `isrn tune %s --resume %s`", study, spec.name, study)
-        return StudyOutcome(study, parent_run_id, run_url(env.mlflow_uri, parent_run_id), [], True, None, None,
+        return StudyOutcome(study, parent_run_id, run_url(env.tracking_uri, parent_run_id), [], True, None, None,
                             time.perf_counter() - started)
 
     dimensions = list(tune_spec.space)
     log_scale = {d for d, domain in tune_spec.space.items() if "log" in next(iter(domain))}
-    rows = log_study_summary(env.mlflow_uri, experiment, parent_run_id, dimensions, tune_spec.metric, log_scale)
+    rows = log_study_summary(env.tracking_uri, experiment, parent_run_id, dimensions, tune_spec.metric, log_scale)
     best_run_id, model_uri = None, None
     if results.num_terminated:
-        best_run_id, model_uri = _log_best_trial_model(results, spec, env, study, filesystem)
+        best_run_id, model_uri = _log_best_trial_model(results, spec, context)
     # A crashed trial fails the study (exit code, parent run status) once the others have finished;
     # what they produced (summary, best model) is kept.
     failed = [row["trial_id"] for row in rows if row["status"] == "FAILED"]
     if failed:
-        set_tag(env.mlflow_uri, parent_run_id, tags.FAILED_TRIALS, ",".join(failed))
+        set_tag(env.tracking_uri, parent_run_id, tags.FAILED_TRIALS, ",".join(failed))
         log.error("study %s: %d of %d trials failed (%s); their errors are in the Ray logs and their MLflow runs",
                   study, len(failed), len(rows), ", ".join(failed))
-    finish_run(env.mlflow_uri, parent_run_id, "FINISHED" if results.num_terminated and not failed else "FAILED")
-    return StudyOutcome(study, parent_run_id, run_url(env.mlflow_uri, parent_run_id), rows, False, best_run_id,
+    finish_run(env.tracking_uri, parent_run_id, "FINISHED" if results.num_terminated and not failed else "FAILED")
+    return StudyOutcome(study, parent_run_id, run_url(env.tracking_uri, parent_run_id), rows, False, best_run_id,
                         model_uri, time.perf_counter() - started, failed)
 
 
-def _log_best_trial_model(results, spec: JobSpec, env: JobEnvironment, study: str,
-                          filesystem) -> tuple[str | None, str | None]:
-    """Log the best checkpoint of the best trial into its child run (what `isrn promote` registers)."""
-    from ray.train import Checkpoint
-
+def _log_best_trial_model(results, spec: JobSpec, context: StudyContext) -> tuple[str | None, str | None]:
+    """(run id, model URI) of the best trial: its best evaluated checkpoint, picked from its storage by
+    the rule a training run uses, logged into its child run (what `isrn promote` registers)."""
     tune_spec = spec.tune
     assert tune_spec is not None
     best = results.get_best_result(metric=tune_spec.metric, mode=tune_spec.mode, scope="all")
-    run = find_run(env.mlflow_uri, spec.tracking.experiment, trial_run_name(study, best.metrics["trial_id"]))
+    run_name = trial_run_name(context.study, best.metrics["trial_id"])
+    run = find_run(context.tracking_uri, spec.tracking.experiment, run_name)
     if run is None:
         return None, None
     if not spec.tracking.log_model:
         return run.info.run_id, None
-    history = best.metrics_dataframe
-    # Only evaluated checkpoints compete: a checkpoint's score is the AP of its own weights.
-    if not {"checkpoint_path", CHECKPOINT_SCORE} <= set(history):
-        log.warning("best trial %s reported no checkpoint: no model logged", best.metrics["trial_id"])
+    job = trial_job(context, best.config)
+    checkpoint = run_store(job.spec, job.env, run_name).best_evaluated()
+    if checkpoint is None:
+        log.warning("best trial %s has no evaluated checkpoint: no model logged", best.metrics["trial_id"])
         return run.info.run_id, None
-    scored = history[history["checkpoint_path"].notna() & history[CHECKPOINT_SCORE].astype(float).map(is_evaluated)]
-    if scored.empty:
-        log.warning("best trial %s reported no evaluated checkpoint: no model logged", best.metrics["trial_id"])
-        return run.info.run_id, None
-    row = scored.sort_values([CHECKPOINT_SCORE, "step"], kind="stable").iloc[-1].to_dict()  # ties: the later
-    trial_spec = apply_trial_config(spec, best.config)
-    checkpoint = Checkpoint(path=row["checkpoint_path"], filesystem=filesystem)
-    model_uri = log_best_model(env.mlflow_uri, run.info.run_id, checkpoint, trial_spec, row,
-                               run.data.tags[tags.VAL_MANIFEST])
-    return run.info.run_id, model_uri
+    return run.info.run_id, log_best_model(job, run_name, run.info.run_id, checkpoint)

@@ -69,11 +69,11 @@ def test_every_field_has_a_description(cls):
 def test_the_job_spec_sees_the_library_descriptions():
     from jobs.spec import JobSpec
 
-    schema = JobSpec.model_json_schema()["$defs"]
+    schema = JobSpec.json_schema()["$defs"]
     assert schema["ModelConfig"]["properties"]["stc_threshold"]["description"].startswith("STC background confidence")
     assert "augment.out_size" in schema["LoaderConfig"]["properties"]["augment"]["description"]
     assert schema["AugmentConfig"]["properties"]["das_allow_larger"]["description"].startswith("False: the target")
-    assert JobSpec.model_fields["loader"].annotation is LoaderConfig
+    assert JobSpec.__pydantic_fields__["loader"].annotation is LoaderConfig
 
 
 

@@ -45,7 +45,7 @@ def mlflow_env(local_mlflow: Platform, monkeypatch: pytest.MonkeyPatch):
 
     for name, value in local_mlflow.config.client_env().items():
         monkeypatch.setenv(name, value)
-    uri = local_mlflow.config.mlflow_uri
+    uri = local_mlflow.config.tracking_uri
     mlflow.set_tracking_uri(uri)
     return uri, MlflowClient(uri)
 
@@ -118,7 +118,7 @@ def tune_study(local_platform, tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     env = {**os.environ, **local_platform.config.client_env(), "ISRN_STATE_DIR": str(local_platform.state)}
-    client = MlflowClient(local_platform.config.mlflow_uri)
+    client = MlflowClient(local_platform.config.tracking_uri)
     name = f"tune-test-{uuid.uuid4().hex[:6]}"
     logs = tmp_path_factory.mktemp("tune")
     started = time.monotonic()

@@ -61,7 +61,7 @@ def test_ten_kills_in_a_row(platform_env, local_s3, smoke_shards, ray_shutdown, 
     clean = run_training(load_spec("smoke", overrides))
     clean_s = time.monotonic() - started
 
-    client = MlflowClient(platform_env.config.mlflow_uri)
+    client = MlflowClient(platform_env.config.tracking_uri)
     resumed = [int(v) for _, v in _history(client, killed.mlflow_run_id, "resumed_from_step")]
     # Each kill lands after step k, before that step's own checkpoint report, once Ray committed
     # every checkpoint reported so far: the run resumes from the last checkpoint before k.
@@ -100,7 +100,7 @@ def test_s3_down_while_checkpoints_upload(platform_env, local_s3, smoke_shards, 
 
     spec = load_spec("smoke", [*smoke_shards, "train.epochs=3", "checkpoint.every_steps=1", "scaling.max_failures=5",
                                "train.log_every_steps=1"])
-    client = MlflowClient(platform_env.config.mlflow_uri)
+    client = MlflowClient(platform_env.config.tracking_uri)
     # Once training has logged a few steps, S3 goes away for 8 s (checkpoints upload every step).
     thread, outcome = _train_in_background(spec, client, min_steps=3)
     local_s3.stop()
@@ -122,7 +122,7 @@ def test_mlflow_down_mid_run(platform_env, local_platform, smoke_shards, ray_shu
     from mlflow.tracking import MlflowClient
 
     spec = load_spec("smoke", [*smoke_shards, "train.epochs=3", "train.log_every_steps=1"])
-    client = MlflowClient(platform_env.config.mlflow_uri)
+    client = MlflowClient(platform_env.config.tracking_uri)
     thread, outcome = _train_in_background(spec, client, min_steps=2)
     local_platform.down(only=("mlflow",))
     down = time.monotonic()
@@ -147,7 +147,7 @@ def test_a_crashing_trial_fails_the_study_after_the_others_finish(platform_env, 
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 of 2 trials failed" in done.stderr, done.stderr[-3000:]
-    client = MlflowClient(platform_env.config.mlflow_uri)
+    client = MlflowClient(platform_env.config.tracking_uri)
     experiment = client.get_experiment_by_name("isrn-tune-crash").experiment_id
     trials = [r for r in client.search_runs([experiment]) if r.data.tags.get("isrn.tune.role") != "study"]
     assert sorted(r.info.status for r in trials) == ["FAILED", "FINISHED"]

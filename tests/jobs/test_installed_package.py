@@ -72,7 +72,7 @@ def test_every_command_runs_from_any_folder(installed):
         assert out.stdout.startswith(f"name: {command[1]}"), out.stdout[:200]
     # The job environment resolves from the standard variables alone (no platform/local.yaml anywhere).
     out = run(installed, sys.executable, "-c", "from jobs.environment import JobEnvironment; "
-              "e = JobEnvironment.resolve(); print(e.mlflow_uri, e.ray_address, e.s3.endpoint_url)",
+              "e = JobEnvironment.resolve(); print(e.tracking_uri, e.ray_address, e.s3.endpoint_url)",
               env={"AWS_ENDPOINT_URL": "http://s3.example:9000", "AWS_ACCESS_KEY_ID": "a",
                    "AWS_SECRET_ACCESS_KEY": "b", "MLFLOW_TRACKING_URI": "http://mlflow.example:5000",
                    "RAY_ADDRESS": "head.example:6379"})

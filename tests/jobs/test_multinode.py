@@ -117,10 +117,10 @@ def multinode_run(cluster, local_platform, local_s3, smoke_shards):
 
     dashboard, ray_cluster = cluster["dashboard"], cluster["cluster"]
     client = _job_client(dashboard)
-    mlflow = MlflowClient(local_platform.config.mlflow_uri)
+    mlflow = MlflowClient(local_platform.config.tracking_uri)
     # The driver's folder: gone as soon as the job is submitted.
     driver_dir = Path(tempfile.mkdtemp(prefix="isrn-multinode-driver-"))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": local_platform.config.mlflow_uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": local_platform.config.tracking_uri}
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RAY_ADDRESS"):
         env.pop(name, None)  # the submitting shell holds no credential and points at no cluster
     started = time.monotonic()
@@ -229,7 +229,7 @@ def test_no_secret_leaves_where_it_is_configured(multinode_run, local_platform, 
             assert secret.decode() not in repr(client.get_job_info(job_id)), job_id
             assert secret.decode() not in client.get_job_logs(job_id), job_id
             counts["ray jobs"] += 1
-    mlflow = MlflowClient(local_platform.config.mlflow_uri)
+    mlflow = MlflowClient(local_platform.config.tracking_uri)
     with tempfile.TemporaryDirectory() as directory:
         for experiment in mlflow.search_experiments():
             for run in mlflow.search_runs([experiment.experiment_id], max_results=1000):

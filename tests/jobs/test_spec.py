@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.spec import SPECS_DIR, JobSpec, SpecError, load_spec, parse_override
+from jobs.errors import ConfigError
+from jobs.overrides import parse_override
+from jobs.spec import SPECS_DIR, JobSpec, load_spec
 
 
 @pytest.mark.parametrize("path", sorted(SPECS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
@@ -39,16 +41,16 @@ def test_overrides_are_typed_and_applied():
     ],
 )
 def test_bad_fields_are_named(override, message):
-    with pytest.raises(SpecError, match=message) as error:
+    with pytest.raises(ConfigError, match=message) as error:
         load_spec("smoke", [override])
     assert "smoke.yaml" in str(error.value)
 
 
 def test_override_syntax_and_unknown_spec():
     assert parse_override("optim.lr=1e-3") == ("optim.lr", 1e-3)
-    with pytest.raises(SpecError, match="expected FIELD=VALUE"):
+    with pytest.raises(ConfigError, match="expected FIELD=VALUE"):
         parse_override("optim.lr")
-    with pytest.raises(SpecError, match="not found: give a YAML path or one of: .*smoke"):
+    with pytest.raises(ConfigError, match="not found: give a YAML path or one of: .*smoke"):
         load_spec("no-such-spec")
 
 
@@ -109,10 +111,10 @@ def test_every_shipped_s3_url_takes_its_bucket_from_the_environment(monkeypatch)
 
 def test_an_unset_variable_without_default_names_the_field_and_the_variable(monkeypatch):
     monkeypatch.delenv("ISRN_NO_SUCH_BUCKET", raising=False)
-    with pytest.raises(SpecError, match=r"smoke\.yaml: data\.shards: \$\{ISRN_NO_SUCH_BUCKET\} is not set"):
+    with pytest.raises(ConfigError, match=r"smoke\.yaml: data\.shards: \$\{ISRN_NO_SUCH_BUCKET\} is not set"):
         load_spec("smoke", ["data.shards=s3://${ISRN_NO_SUCH_BUCKET}/smoke"])
     monkeypatch.setenv("ISRN_NO_SUCH_BUCKET", "")
-    with pytest.raises(SpecError, match=r"ISRN_NO_SUCH_BUCKET"):
+    with pytest.raises(ConfigError, match=r"ISRN_NO_SUCH_BUCKET"):
         load_spec("smoke", ["data.shards=s3://${ISRN_NO_SUCH_BUCKET}/smoke"])
 
 
@@ -122,10 +124,10 @@ def test_only_braced_references_are_expanded(monkeypatch):
     assert spec.data.shards == "s3://h/$HOME/h-$"
 
 
-# ---- descriptions and --explain (issue #15) ------------------------------------------------------
+# ---- descriptions and --explain ------------------------------------------------------------------
 
 def _undescribed(cls, prefix: str = "") -> list[str]:
-    from jobs.spec import _fields_of
+    from isrn_model.section import section_fields as _fields_of
 
     missing = []
     for name, field in _fields_of(cls).items():
@@ -139,7 +141,7 @@ def _undescribed(cls, prefix: str = "") -> list[str]:
 def _section_types(annotation) -> list:
     import typing
 
-    from jobs.spec import _fields_of
+    from isrn_model.section import section_fields as _fields_of
 
     candidates = [annotation, *typing.get_args(annotation)]
     return [c for c in candidates if isinstance(c, type) and _fields_of(c)]

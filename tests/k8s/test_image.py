@@ -73,7 +73,7 @@ def fake_path(tmp_path: Path) -> dict[str, str]:
         (["submit", "jobs/specs/smoke.yaml", "--address", "http://127.0.0.1:8265"],
          "isrn submit jobs/specs/smoke.yaml --address http://127.0.0.1:8265"),
         (["jobs", "list"], "isrn jobs list"),  # `jobs` and `eval` are shell builtins, not programs
-        (["eval", "--model", "models:/isrn-face@champion"], "isrn eval --model models:/isrn-face@champion"),
+        (["evaluate", "--model", "models:/isrn-face@champion"], "isrn evaluate --model models:/isrn-face@champion"),
         (["echo", "ray", "start"], "ray start"),  # a program runs as itself (KubeRay, mlflow)
     ],
 )

@@ -1,4 +1,4 @@
-"""`isrn detect` / `isrn eval` helpers (unit) and detection with `models:/isrn-face@champion` (integration)."""
+"""`isrn detect` / `isrn evaluate --model` helpers (unit) and detection with `models:/isrn-face@champion` (integration)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_detect_with_the_champion_finds_the_faces(platform_env, tmp_path: Path) 
     from jobs.train.checkpoints import TrainingState, save_checkpoint
     from jobs.train.model_logging import log_detector, log_model_metrics
 
-    uri = platform_env.config.mlflow_uri
+    uri = platform_env.config.tracking_uri
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     model, optimizer, spec, images, boxes = _overfit_detector()
@@ -123,17 +123,18 @@ def test_detect_with_the_champion_finds_the_faces(platform_env, tmp_path: Path) 
         for face in boxes[index] * 2:
             assert max((_iou(face, box) for box in found), default=0.0) >= 0.5, (face, found)
 
-    # `isrn eval` runs the official metric of the same champion on a val shard split.
+    # `isrn evaluate --model` runs the official metric of the same champion on a val shard split.
     from data_shards.shard_writer import build_split
     from data_shards.synth import SynthConfig, generate_dataset
-    from jobs.commands.detect import eval_model
+    from jobs.commands.evaluate import evaluate
 
     generate_dataset(tmp_path / "wider", train=1, val=4, seed=3, config=SynthConfig(image_width=256, max_face=120))
     build_split(tmp_path / "wider", "val", str(tmp_path / "shards"), progress=False)
-    evaluated = CliRunner().invoke(eval_model, ["--shards", str(tmp_path / "shards"), "--json"])
+    evaluated = CliRunner().invoke(evaluate, ["--model", "models:/isrn-face@champion", "--shards", str(tmp_path / "shards"), "--json", "-"])
     assert evaluated.exit_code == 0, evaluated.output
-    # MLflow's download progress shares the output; the JSON object is the last {...} in it.
-    ap = json.loads(re.findall(r"\{[^{}]*\}", evaluated.output)[-1])
+    # MLflow's download progress shares the output; the JSON document is its last part.
+    document = json.loads(evaluated.output[evaluated.output.index('{\n "easy"'):])
+    ap = {setting: document[setting]["all"]["ap"] for setting in ("easy", "medium", "hard")}
     assert set(ap) == {"easy", "medium", "hard"} and all(0.0 <= v <= 1.0 for v in ap.values())
 
     # Any MLflow user loads the champion with pyfunc, in a fresh interpreter: no requirement mismatch

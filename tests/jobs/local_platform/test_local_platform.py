@@ -45,7 +45,7 @@ def test_wrong_credentials_are_refused(local_s3):
 def test_mlflow_artifact_lands_in_the_s3_bucket(platform_env, local_s3):
     import mlflow
 
-    mlflow.set_tracking_uri(platform_env.config.mlflow_uri)
+    mlflow.set_tracking_uri(platform_env.config.tracking_uri)
     mlflow.set_experiment("platform-test")
     with mlflow.start_run() as run:
         mlflow.log_metric("x", 1.0)

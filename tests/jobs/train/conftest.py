@@ -30,7 +30,7 @@ class RecordingTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.texts[artifact_file] = text
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 600.0) -> None:
         pass
 
     def history(self, key: str) -> list[tuple[int, float]]:
@@ -56,7 +56,6 @@ def run_local(shards: str, checkpoints: Path, monkeypatch, *overrides: str, rest
     job = worker.WorkerJob(train_manifest=manifest_url(shards, "train"), val_manifest=manifest_url(shards, "val"),
                            tracking_uri="", run_id=None)
     tracker = RecordingTracker()
-    monkeypatch.setattr(worker, "make_tracker", lambda *args: tracker)
-    session = worker.LocalSession(checkpoints, restore_from=restore)
-    state = worker.run_worker(spec, job, session)
+    session = worker.LocalSession(checkpoints, restore_from=restore, device="cpu")
+    state = worker.run_worker(spec, job, session, tracker=tracker)
     return session, tracker, state

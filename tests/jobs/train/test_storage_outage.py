@@ -6,7 +6,7 @@ import pytest
 from ray.train import ControllerError
 
 from jobs.spec import load_spec
-from jobs.train import driver
+from jobs.train import run
 
 
 class _Trainer:
@@ -35,8 +35,8 @@ def _fit(outcomes: list, answers: bool = True, max_failures: int = 2):
         return _Trainer(outcomes)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(driver, "storage_answers", storage_answers)
-        result = driver.fit_through_storage_outages(make_trainer, spec, env=None, run_name="smoke-1")
+        patch.setattr(run, "storage_answers", storage_answers)
+        result = run.fit_through_storage_outages(make_trainer, spec, env=None, run_name="smoke-1")
     return result, len(made), waited
 
 

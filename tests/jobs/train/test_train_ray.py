@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jobs.spec import SpecError, load_spec
+from jobs.errors import ConfigError
+from jobs.spec import load_spec
 from jobs.train.driver import run_training
 from tests.jobs.helpers import metric_history as _history
 
@@ -36,7 +37,7 @@ def test_two_worker_ddp_run_is_tracked_checkpointed_and_detects(platform_env, lo
         Bucket="isrn-checkpoints", Prefix=f"runs/{outcome.run_name}/").get("Contents", [])]
     assert any(k.endswith("training_state.pt") for k in keys), keys
 
-    client = MlflowClient(platform_env.config.mlflow_uri)
+    client = MlflowClient(platform_env.config.tracking_uri)
     run = client.get_run(outcome.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["optim.lr"] == "0.01" and run.data.params["scaling.num_workers"] == "2"
@@ -102,7 +103,7 @@ def test_killed_workers_resume_from_the_latest_complete_checkpoint(platform_env,
     result = run_training(spec)
     assert result.metrics["step"] == 18 and result.metrics["epoch"] == 3
 
-    client = MlflowClient(platform_env.config.mlflow_uri)
+    client = MlflowClient(platform_env.config.tracking_uri)
     run_id = result.mlflow_run_id
     assert [value for _, value in _history(client, run_id, "resumed_from_step")] == [4.0, 8.0]
     # One run, one continuous history: every step logged, the counter never went back to 0.
@@ -124,17 +125,17 @@ def test_missing_manifest_fails_before_any_worker(platform_env, fresh_bucket):
     import ray
 
     spec = load_spec("smoke", ["data.synth=null", f"data.shards=s3://{fresh_bucket}/nothing"])
-    with pytest.raises(SpecError, match=rf"no train shard manifest at s3://{fresh_bucket}/nothing/train/manifest.json"):
+    with pytest.raises(ConfigError, match=rf"no train shard manifest at s3://{fresh_bucket}/nothing/train/manifest.json"):
         run_training(spec)
     assert not ray.is_initialized()
 
 
 def test_missing_bucket_and_wrong_credentials_fail_before_any_worker(platform_env, monkeypatch):
     spec = load_spec("smoke", ["data.synth=null", "data.shards=s3://no-such-bucket/x"])
-    with pytest.raises(SpecError, match="bucket 'no-such-bucket' does not exist"):
+    with pytest.raises(ConfigError, match="bucket 'no-such-bucket' does not exist"):
         run_training(spec)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-    with pytest.raises(SpecError, match="refused the credentials"):
+    with pytest.raises(ConfigError, match="refused the credentials"):
         run_training(load_spec("smoke", ["data.synth=null"]))
 
 
@@ -142,7 +143,7 @@ def test_the_logged_model_is_the_best_evaluated_checkpoint_and_reproduces_its_ap
                                                                                  ray_shutdown):
     """Issue 12: evaluation every 2 epochs and a learning rate raised ×1000 after epoch 2, so training
     diverges and the best evaluated epoch is the first evaluation (epoch 2), not the last (epoch 4).
-    The logged model is that checkpoint's; `isrn eval` of it gives the AP it carries; promotion
+    The logged model is that checkpoint's; `isrn evaluate --model` of it gives the AP it carries; promotion
     compares that number."""
     import json
     import re
@@ -151,7 +152,7 @@ def test_the_logged_model_is_the_best_evaluated_checkpoint_and_reproduces_its_ap
     from click.testing import CliRunner
     from mlflow.tracking import MlflowClient
 
-    from jobs.commands.detect import eval_model
+    from jobs.commands.evaluate import evaluate
     from jobs.promotion import promote
 
     # The same pixels through both evaluations: val images (384 px) padded to 384², the export's size.
@@ -161,7 +162,7 @@ def test_the_logged_model_is_the_best_evaluated_checkpoint_and_reproduces_its_ap
                                "loader.val_size_multiple=384", "tracking.export_size=384",
                                "tracking.experiment=isrn-best-checkpoint"])
     outcome = run_training(spec)
-    client = MlflowClient(platform_env.config.mlflow_uri)
+    client = MlflowClient(platform_env.config.tracking_uri)
     run = client.get_run(outcome.mlflow_run_id)
     evaluations = dict(_history(client, run.info.run_id, "val_ap_hard"))   # step -> AP (6 steps an epoch)
     assert sorted(evaluations) == [12, 24] and evaluations[12] > evaluations[24], evaluations
@@ -172,13 +173,14 @@ def test_the_logged_model_is_the_best_evaluated_checkpoint_and_reproduces_its_ap
     logged_ap = {m.key: m.value for m in logged.metrics}
     assert logged_ap["val_ap_hard"] == evaluations[12]
 
-    evaluated = CliRunner().invoke(eval_model, ["--model", outcome.model_uri, "--shards", spec.data.shards, "--json"])
+    evaluated = CliRunner().invoke(evaluate, ["--model", outcome.model_uri, "--shards", spec.data.shards, "--json", "-"])
     assert evaluated.exit_code == 0, evaluated.output
-    ap = json.loads(re.findall(r"\{[^{}]*\}", evaluated.output)[-1])
+    document = json.loads(evaluated.output[evaluated.output.index('{\n "easy"'):])  # after MLflow's progress
+    ap = {setting: document[setting]["all"]["ap"] for setting in ("easy", "medium", "hard")}
     assert abs(ap["hard"] - logged_ap["val_ap_hard"]) < 1e-3, (ap, logged_ap)
 
-    result = promote(platform_env.config.mlflow_uri, experiment="isrn-best-checkpoint",
+    result = promote(platform_env.config.tracking_uri, experiment="isrn-best-checkpoint",
                      name=f"isrn-best-{outcome.run_name}", run_id=run.info.run_id)
     assert result.candidate.metric == logged_ap["val_ap_hard"]
     print(f"\nbest evaluated epoch 2 (AP hard {evaluations[12]:.4f}; epoch 4: {evaluations[24]:.4f}); "
-          f"isrn eval of the logged model: {ap['hard']:.4f}; promotion compared {result.candidate.metric:.4f}")
+          f"isrn evaluate --model of the logged model: {ap['hard']:.4f}; promotion compared {result.candidate.metric:.4f}")

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from jobs.train.steps import NonFiniteLossError
-from jobs.train.worker import CHECKPOINT_SCORE, UNEVALUATED, is_evaluated
+from jobs.metrics import CHECKPOINT_SCORE
+from jobs.train.checkpoint_store import UNEVALUATED, is_evaluated
+from jobs.train.trainer import NonFiniteLossError
 from tests.jobs.train.conftest import run_local
 
 
@@ -85,3 +86,24 @@ def test_a_run_killed_mid_epoch_ends_with_the_weights_of_an_unkilled_one(local_s
     a = load_checkpoint(unkilled.store.latest().path)[1]["model"]
     b = load_checkpoint(resumed.store.latest().path)[1]["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_logged_metric_is_a_named_one(local_shards, tmp_path, monkeypatch):
+    """A metric's name is a contract (Tune schedules on it, promotion compares it, users filter on it):
+    each one the loop logs is spelt once, in jobs/metrics.py."""
+    from jobs import metrics
+
+    _, tracker, _ = run_local(local_shards, tmp_path, monkeypatch, "loader.batches_per_epoch=2",
+                              "train.log_every_steps=1")
+    from isrn_model.wider_eval import SUBSETS
+
+    named = {value for value in vars(metrics).values() if isinstance(value, str)}
+    named |= set(metrics.AP_METRICS) | set(metrics.EVENT_METRICS)
+    named |= {metrics.BREAKDOWN_PREFIX + subset.replace("=", "_") for subset in SUBSETS if subset != "all"}
+    logged = {key for _, logged in tracker.metrics for key in logged}
+    unnamed = {key for key in logged if key not in named and not key.startswith((metrics.TIME_SHARE_PREFIX, "loss_"))}
+    assert not unnamed, f"metrics logged without a name in jobs/metrics.py: {sorted(unnamed)}"
+    # Every evaluation logs the Hard AP of each face subset that has faces, and the pictures of where it fails.
+    assert "val_ap_hard_occlusion_none" in logged and "val_ap_hard_size_small" in logged
+    assert {(name.split("_epoch_")[0], folder) for name, folder in tracker.artifacts} >= {
+        ("pr", "pr_curves"), ("breakdown", "breakdown"), ("ap_by_subset", "breakdown"), ("failures", "breakdown")}

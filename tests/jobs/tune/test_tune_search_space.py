@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.spec import SpecError, load_spec
+from jobs.errors import ConfigError
+from jobs.spec import load_spec
 from jobs.tune.search_space import apply_trial_config, check_space, overrides_of, param_space, searched_values
 from jobs.tune.study import build_scheduler, build_search, max_concurrent_trials
 
@@ -48,7 +49,7 @@ def test_trial_config_applies_as_overrides() -> None:
     ({"optim.lr": {"uniform": [-1, 0.1]}}, "optim.lr"),
 ])
 def test_bad_space_fails_naming_the_field(space: dict, message: str) -> None:
-    with pytest.raises(SpecError, match=message.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         check_space(load_spec(spec_with(space)))
 
 
@@ -58,7 +59,7 @@ def test_bad_space_fails_naming_the_field(space: dict, message: str) -> None:
     ({"uniform": [0, 1], "choice": [1]}, "expected one sampler"),
 ])
 def test_bad_vocabulary_fails_at_load(domain: dict, message: str) -> None:
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(ConfigError, match=message):
         load_spec(spec_with({"optim.lr": domain}))
 
 
@@ -76,7 +77,7 @@ def test_concurrency_bounded_by_cluster(cpus, workers, cpus_per_worker, trial_cp
 
 def test_infeasible_trial_is_refused() -> None:
     spec = load_spec("tune-smoke", ["scaling.cpus_per_worker=1"])  # 1 + 2 × 1 = 3 CPUs > 2
-    with pytest.raises(SpecError, match="a trial needs 3 CPUs"):
+    with pytest.raises(ConfigError, match="a trial needs 3 CPUs"):
         max_concurrent_trials(spec, [{"CPU": 2}])
 
 

@@ -123,7 +123,8 @@ def read_manifest(url: str, settings: S3Settings | None = None) -> Manifest:
     except FileNotFoundError:
         base, split = posixpath.split(folder)
         raise FileNotFoundError(f"no shard manifest at {url}: build the split with `isrn shards build --wider-root "
-                                f"DIR --split {split} --out {base}`, or fix the URL") from None
+                                f"DIR --split {split} --out {base}` (COCO-format data: --coco ANNOTATIONS.json "
+                                "--images DIR instead of --wider-root), or fix the URL") from None
     return Manifest.from_json(data, source=url)
 
 

@@ -43,6 +43,7 @@ def run_training(spec: JobSpec, *, resume: str | None = None, env: JobEnvironmen
 
     env = env or JobEnvironment.resolve()
     job = prepare_job(spec, env)
+    spec = job.spec  # as it runs: model.init_from pinned to a version
     run_name = resume or new_run_name(spec)
     run_id = start_or_resume_run(env.tracking_uri, spec.tracking.experiment, run_name, tags=job.lineage,
                                  params=spec.flat_params(), spec_yaml=spec.to_yaml())

@@ -24,7 +24,7 @@ from jobs import metrics as M
 from jobs import tags
 from jobs.data_prep import prepare_data
 from jobs.environment import JobEnvironment
-from jobs.lineage import lineage_tags
+from jobs.lineage import lineage_tags, pin_init_from
 from jobs.preflight import check_job, check_storage
 from jobs.spec import JobSpec
 from jobs.train import faults
@@ -60,14 +60,16 @@ class RunResult:
 def prepare_job(spec: JobSpec, env: JobEnvironment, *, extra_bundles: list[dict[str, float]] | None = None
                 ) -> PreparedJob:
     """Everything before the first worker: storage, the spec's generated data (only when it asks for
-    it), manifests, MLflow, Ray, the cluster's capacity, and the run's lineage."""
+    it), manifests, MLflow, Ray, the cluster's capacity, and the run's lineage. The prepared spec is
+    the one that runs: `model.init_from` pinned to a model version (`lineage.pin_init_from`)."""
     check_storage(spec, env)
     env.export_s3()  # pyarrow (Ray's checkpoint storage) and boto3 in this process read credentials from it
     if spec.data.synth is not None:
         prepare_data(spec, env)
     checked = check_job(spec, env, extra_bundles=extra_bundles)
+    spec, init_from = pin_init_from(spec, env.tracking_uri)
     return PreparedJob(spec=spec, env=env, train_manifest=checked.train_manifest, val_manifest=checked.val_manifest,
-                       lineage=lineage_tags(spec, checked.fingerprints))
+                       lineage={**lineage_tags(spec, checked.fingerprints), **init_from})
 
 
 def storage_for(spec: JobSpec, env: JobEnvironment) -> tuple[str, Any]:

@@ -154,6 +154,7 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
     assert tune_spec is not None
     env = env or JobEnvironment.resolve()
     job = prepare_job(spec, env, extra_bundles=[{"CPU": tune_spec.trial_cpus}])
+    spec = job.spec  # as it runs: model.init_from pinned to a version
     # Capacity as the autoscaler could grow it: the first trial is already known to fit.
     capacity = max_capacity(cluster_nodes(), autoscaler_node_types(), unbounded_as=tune_spec.num_samples
                             * len(trial_bundles(spec)))

@@ -66,6 +66,9 @@ class DataConfig(Section):
     """Shard root URL holding `train/` and `val/` manifests (s3://bucket/prefix or a path)."""
     synth: SynthDataConfig | None = None
     """Generate the data set and shards when they are missing (None: they must exist)."""
+    boxes: Literal["face", "person"] = "face"
+    """What the shards' boxes outline: faces (WIDER FACE; COCO-WholeBody's face boxes), or whole
+    persons (COCO's person boxes). Checked against the shards' manifests before training."""
 
     _shards_bucket = field_validator("shards")(_bucketed)
 

@@ -12,6 +12,7 @@ a run's model (`checkpoint_store.best_evaluated`), applied to the checkpoints in
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 import time
@@ -216,8 +217,19 @@ def log_best_model(job: PreparedJob, run_name: str, run_id: str, best: StoredChe
     with tempfile.TemporaryDirectory(prefix="isrn-best-") as directory:
         local = store.download(best.path, Path(directory))
         model_uri = log_detector(env.tracking_uri, run_id, local, spec, checkpoint_uri=store.url_of(best.path))
+        breakdown = breakdown_of_checkpoint(local)
     ap = {setting: float(best.metrics[name]) for setting, name in M.VAL_AP.items()}
-    breakdown = {name: float(value) for name, value in best.metrics.items() if name.startswith(M.BREAKDOWN_PREFIX)}
     log_model_metrics(env.tracking_uri, run_id, model_uri, ap, epoch=best.epoch, step=best.step,
                       val_manifest=job.lineage[tags.VAL_MANIFEST], breakdown=breakdown)
     return model_uri
+
+
+def breakdown_of_checkpoint(directory: Path) -> dict[str, float]:
+    """The `val_ap_hard_<subset>` metrics an evaluated checkpoint carries ({} for older checkpoints)."""
+    from isrn_model.wider_eval import WiderBreakdown
+    from jobs.train.checkpoints import BREAKDOWN_FILE
+
+    path = Path(directory) / BREAKDOWN_FILE
+    if not path.is_file():
+        return {}
+    return M.breakdown_metrics(WiderBreakdown.from_json(json.loads(path.read_text())))

@@ -182,11 +182,15 @@ class Trainer:
             self.timer.reset()
             epoch_started = time.perf_counter()
             metrics = self.train_epoch()
+            breakdown: dict[str, float] = {}
             if state.epoch % spec.eval.every_epochs == 0 or state.epoch == spec.train.epochs:
                 with self.timer.wall("evaluation"):
                     metrics.update(self.evaluate())
+                if self.previous_breakdown is not None:  # rank 0: to MLflow, and into this checkpoint
+                    breakdown = M.breakdown_metrics(self.previous_breakdown)
             with self.timer.wall("checkpoint"):
                 self.report(metrics)
+            metrics.update(breakdown)  # not reported to Ray: Tune's tables would list every subset
             # The shares are of the epoch's whole wall time: `other` is what no timer covers
             # (host-to-device copies, metric logging, progress events, the loop itself).
             shares = self.timer.shares(time.perf_counter() - epoch_started)
@@ -265,8 +269,8 @@ class Trainer:
                           clock=self.clock, amp=self.spec.train.amp, grad_clip_norm=self.spec.train.grad_clip_norm)
 
     def evaluate(self) -> dict[str, float]:
-        """The official WIDER FACE AP of the current weights (the same on every rank), and on rank 0
-        the Hard AP of each face subset (`val_ap_hard_<subset>`): metric name -> value."""
+        """The official WIDER FACE AP of the current weights, the same on every rank (`val_ap_<setting>`);
+        rank 0 keeps the breakdown by face subset (`previous_breakdown`)."""
         spec, state = self.spec, self.state
         started = time.perf_counter()
         if self.evaluation is None:  # the ground truth is fetched at the first evaluation
@@ -281,11 +285,9 @@ class Trainer:
         state.best_ap_hard = max(state.best_ap_hard, ap["hard"])
         self.progress.emit(Evaluated(epoch=state.epoch, epochs=self.plan.epochs, ap=ap,
                                      seconds=time.perf_counter() - started))
-        metrics = {M.VAL_AP[setting]: value for setting, value in ap.items()}
         if breakdown is not None:
             self.previous_breakdown = breakdown
-            metrics.update(M.breakdown_metrics(breakdown))
-        return metrics
+        return {M.VAL_AP[setting]: value for setting, value in ap.items()}
 
     def report(self, extra: dict[str, float]) -> None:
         """Report metrics on every rank; rank 0 attaches a checkpoint of the unwrapped model.
@@ -309,7 +311,8 @@ class Trainer:
             return
         # The session owns the directory from here (Ray deletes it after its background upload).
         directory = Path(tempfile.mkdtemp(prefix="isrn-ckpt-"))
-        save_checkpoint(directory, unwrap(self.model), self.optimizer, state, self.spec.to_dict())
+        save_checkpoint(directory, unwrap(self.model), self.optimizer, state, self.spec.to_dict(),
+                        breakdown=self.previous_breakdown.to_json() if evaluated and self.previous_breakdown else None)
         self.session.report(metrics, directory)
 
 

@@ -35,9 +35,16 @@ def test_reports_per_checkpoint_and_epoch_with_their_own_scores(local_shards, tm
             assert abs(sum(shares.values()) - 1) < 1e-9 and "time_share_forward" in shares, (step, shares)
             assert "time_share_other" in shares  # the epoch's wall time, not only what the timers cover
     assert [s for s, _ in tracker.history("val_ap_hard")] == [6]
-    # Four complete checkpoints, each with its marker.
+    # Four complete checkpoints, each with its marker; the evaluated one carries its breakdown by face subset.
     assert [c.rsplit("/", 1)[-1] for c in session.store.folders()] == [
         "step_00000002", "step_00000003", "step_00000004", "step_00000006"]
+    from pathlib import Path
+
+    from jobs.train.run import breakdown_of_checkpoint
+
+    with_breakdown = [Path(c).name for c in session.store.folders() if breakdown_of_checkpoint(Path(c))]
+    assert with_breakdown == ["step_00000006"]
+    assert all(not k.startswith("val_ap_hard_") for r in session.reports for k in r)  # Tune's tables stay short
 
 
 def test_a_new_session_resumes_from_the_newest_complete_checkpoint(local_shards, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Bad input, one row per case: the input, what meets it, and what the user gets (issue #13, item 1).
+"""Bad input, one row per case: the input, what meets it, and what the user gets.
 
     PYTHONPATH=$PWD python -m pytest tests/test_bad_input.py -q     # prints the corpus table at the end
 
@@ -1176,7 +1176,7 @@ class CorpusTable:
         self.counts: collections.Counter[str] = collections.Counter()
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        terminalreporter.write_sep("-", "bad-input corpus (tests/test_bad_input.py, issue #13)")
+        terminalreporter.write_sep("-", "bad-input corpus (tests/test_bad_input.py)")
         for label in self.LABELS:
             terminalreporter.write_line(f"{label:18} {self.counts[label]:4d}")
 

@@ -1,5 +1,5 @@
 """The KubeRay objects (RayCluster, RayJob) of every overlay: against KubeRay's own CRDs, and the
-settings a first production deploy depends on (issue #17).
+settings a first production deploy depends on.
 
 The CRDs of the oldest and the newest supported KubeRay release are in kuberay_crds/ (source and
 license in its README). Their openAPI schemas leave unknown fields open, and the API server would
@@ -38,7 +38,7 @@ KUBERAY = {
 }
 CRD_FILE = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 # Node labels that appear only after a node has booted (NVIDIA GPU feature discovery, node feature
-# discovery): a pod that selects them can never make an autoscaler start a node (issue #17, item 2).
+# discovery): a pod that selects them can never make an autoscaler start a node.
 LATE_NODE_LABELS = ("nvidia.com/", "feature.node.kubernetes.io/")
 # A GPU worker pod holds a whole node, all the GPUs of the 8-GPU nodes prod is sized for
 # (k8s/base/raycluster.yaml): its Train workers share one IPC namespace and /dev/shm, so NCCL keeps
@@ -152,11 +152,11 @@ def test_ray_clusters_autoscale_with_autoscaler_v2(objects: list[dict]) -> None:
         assert spec["rayVersion"] == ray.split("==")[1], name
         assert spec["enableInTreeAutoscaling"] is True, name
         # Ray >= 2.60 runs autoscaler v2 under KubeRay; KubeRay configures the pods for it only
-        # when told (issue #17, item 8).
+        # when told.
         assert spec["autoscalerOptions"]["version"] == "v2", name
         for group in spec["workerGroupSpecs"]:
             assert group["minReplicas"] <= group["maxReplicas"], f"{name} {group['groupName']}"
-            # `kubectl apply` would reset the autoscaler's count to it (issue #17, item 9).
+            # `kubectl apply` would reset the autoscaler's count to it.
             assert "replicas" not in group, f"{name} {group['groupName']}: replicas belongs to the autoscaler"
 
 
@@ -232,7 +232,7 @@ def _affinity_keys(affinity: dict) -> list[str]:
 
 
 def test_rayjobs_end(objects: list[dict], job_clusters) -> None:
-    """A deadline on every RayJob, so that one that cannot get its nodes fails (issue #17, item 2),
+    """A deadline on every RayJob, so that one that cannot get its nodes fails,
     and a cluster of its own is deleted after the job."""
     assert len(job_clusters) == sum(o["kind"] == "RayJob" for o in objects)
     for job, _ in job_clusters:

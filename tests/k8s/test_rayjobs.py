@@ -1,6 +1,6 @@
 """The RayJobs of every jobs overlay run: each entrypoint is an `isrn` command that accepts its spec
 (run here with `--dry-run`, as in the image), writes to the overlay's buckets, and fits on the Ray
-cluster it runs on (issue #11 item 6, issue #17 items 1 and 6).
+cluster it runs on.
 
 The placement check counts Ray resources per pod the way KubeRay starts the pods: `num-cpus` from
 rayStartParams, else the container's CPU limit, else its request, rounded up; GPUs from `num-gpus`,

@@ -1,15 +1,17 @@
 """Pure box geometry on ``(x1, y1, x2, y2)`` boxes in pixels (continuous coordinates, no "+1").
 
-All functions take and return torch tensors and never modify their inputs.
+All functions take and return torch tensors and never modify their inputs, except
+:func:`greedy_scan`, the host half of :func:`nms`, which reads a NumPy array.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-NMS_BLOCK = 512
-"""Boxes handled per block in :func:`nms`: bounds the IoU matrix to NMS_BLOCK × N floats."""
+NMS_PAIRS = 1 << 21
+"""IoUs computed at once by :func:`overlap_bits` (bounds its temporaries to about 80 MiB)."""
 
 
 def box_area(boxes: Tensor) -> Tensor:
@@ -57,25 +59,55 @@ def degenerate_boxes(boxes: Tensor) -> Tensor:
     return (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]) | ~torch.isfinite(boxes).all(dim=1)
 
 
-def _greedy_keep_sorted(iou: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy NMS on boxes already sorted by descending score, given their IoU matrix Tensor[K, K].
+def overlap_bits(sorted_boxes: Tensor, iou_threshold: float, *, inclusive: bool = False) -> Tensor:
+    """Which later boxes each box overlaps, packed 8 to a byte: Tensor[K, ⌈K/8⌉] uint8, on the boxes' device.
 
-    Greedy NMS keeps box j iff no *kept* earlier box i < j has IoU > threshold. That is a fixed point
-    of ``keep = ~any_i(keep[i] & S[i, j])`` with S the strictly upper-triangular overlap matrix;
-    iterating from "keep all" settles entry j once entries < j have settled, so it ends in at most K
-    rounds, and in practice in a handful. Returns Tensor[K] bool.
+    Bit j of row i (byte j // 8, bit j % 8, least significant first: ``np.unpackbits(...,
+    bitorder="little")``) is set iff j > i and IoU(i, j) > ``iou_threshold`` (≥ with ``inclusive``).
+    ``sorted_boxes``: Tensor[K, 4] xyxy, in the order a greedy pass visits them. Computed in row blocks
+    of at most :data:`NMS_PAIRS` IoUs, with no host synchronisation; the IoUs are :func:`box_iou`'s.
     """
-    suppress = (iou > iou_threshold).triu(diagonal=1)
-    keep = torch.ones(iou.shape[0], dtype=torch.bool, device=iou.device)
-    while True:
-        new_keep = ~(suppress & keep[:, None]).any(dim=0)
-        if torch.equal(new_keep, keep):
-            return keep
-        keep = new_keep
+    k = sorted_boxes.shape[0]
+    device = sorted_boxes.device
+    n_bytes = (k + 7) // 8
+    shifts = torch.arange(8, dtype=torch.uint8, device=device)
+    rows_per_block = max(1, NMS_PAIRS // max(k, 1))
+    blocks = []
+    for r0 in range(0, k, rows_per_block):
+        r1 = min(k, r0 + rows_per_block)
+        c0 = r0 // 8 * 8  # columns before the block's first byte are all below the diagonal: zero bytes
+        iou = box_iou(sorted_boxes[r0:r1], sorted_boxes[c0:])
+        hit = iou >= iou_threshold if inclusive else iou > iou_threshold
+        later = torch.arange(c0, k, device=device)[None, :] > torch.arange(r0, r1, device=device)[:, None]
+        hit = torch.cat([hit & later, hit.new_zeros(r1 - r0, n_bytes * 8 - k)], dim=1)
+        packed = (hit.view(r1 - r0, -1, 8).to(torch.uint8) << shifts).sum(dim=2, dtype=torch.uint8)
+        blocks.append(torch.cat([packed.new_zeros(r1 - r0, c0 // 8), packed], dim=1))
+    return torch.cat(blocks) if blocks else torch.zeros(0, 0, dtype=torch.uint8, device=device)
+
+
+def greedy_scan(bits: np.ndarray, limit: int | None = None) -> np.ndarray:
+    """Greedy NMS on the host over :func:`overlap_bits` (a NumPy copy): positions of the kept boxes.
+
+    Visits the boxes in order; a box is kept unless a kept earlier box overlaps it; stops once
+    ``limit`` are kept. Sequential, as greedy NMS is, but each step is a byte-wise OR of one row.
+    Returns int64 array [kept], ascending.
+    """
+    k = bits.shape[0]
+    limit = k if limit is None else limit
+    removed = np.zeros(bits.shape[1], dtype=np.uint8)
+    kept = []
+    for i in range(k):
+        if len(kept) >= limit:
+            break
+        if (removed[i >> 3] >> (i & 7)) & 1:
+            continue
+        kept.append(i)
+        np.bitwise_or(removed, bits[i], out=removed)
+    return np.asarray(kept, dtype=np.int64)
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int | None = None) -> Tensor:
-    """Greedy non-maximum suppression, exact and vectorised.
+    """Greedy non-maximum suppression, exact: one host synchronisation whatever the number of boxes.
 
     Args:
         boxes: Tensor[N, 4] xyxy pixels.
@@ -84,34 +116,38 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int | Non
         max_keep: stop once this many boxes are kept (the result is the first ``max_keep`` of full NMS).
 
     Returns:
-        Tensor[K] int64 indices into ``boxes`` of the kept boxes, by descending score.
-
-    Boxes are processed in blocks of :data:`NMS_BLOCK` (by score): each block is first suppressed by
-    the boxes already kept, then greedy NMS runs inside the block, so memory stays O(NMS_BLOCK × N).
+        Tensor[K] int64 indices into ``boxes`` of the kept boxes, by descending score (ties: by index).
     """
-    if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
-        raise ValueError(f"nms expects boxes [N, 4] and scores [N], got {tuple(boxes.shape)} and {tuple(scores.shape)}")
-    order = torch.argsort(scores, descending=True, stable=True)
-    sorted_boxes = boxes[order]
-    kept: list[Tensor] = []
-    kept_boxes = boxes.new_zeros((0, 4))
-    limit = max_keep if max_keep is not None else order.numel()
-    for start in range(0, order.numel(), NMS_BLOCK):
-        if kept_boxes.shape[0] >= limit:
-            break
-        block = sorted_boxes[start:start + NMS_BLOCK]
-        alive = torch.ones(block.shape[0], dtype=torch.bool, device=boxes.device)
-        if kept_boxes.shape[0]:
-            alive = (box_iou(block, kept_boxes) <= iou_threshold).all(dim=1)
-        idx = alive.nonzero().squeeze(1)
-        candidates = block[idx]
-        keep = _greedy_keep_sorted(box_iou(candidates, candidates), iou_threshold)
-        idx = idx[keep]
-        kept.append(idx + start)
-        kept_boxes = torch.cat((kept_boxes, block[idx]))
-    if not kept:
-        return order[:0]
-    return order[torch.cat(kept)[:limit]]
+    return nms_each([boxes], [scores], iou_threshold, max_keep)[0]
+
+
+def nms_each(
+    boxes: list[Tensor], scores: list[Tensor], iou_threshold: float, max_keep: int | None = None
+) -> list[Tensor]:
+    """:func:`nms` of several sets (e.g. the images of a batch) with **one** host synchronisation in all.
+
+    Per set: a stable sort by descending score and :func:`overlap_bits` on the device; then all the
+    bits come to the host in one copy, :func:`greedy_scan` runs there, and the kept indices go back
+    with a non-blocking copy. Device work is O(N²/2) IoUs per set, in blocks of :data:`NMS_PAIRS`.
+    """
+    orders, bits = [], []
+    for b, s in zip(boxes, scores):
+        if b.ndim != 2 or b.shape[-1] != 4 or s.shape != b.shape[:1]:
+            raise ValueError(f"nms expects boxes [N, 4] and scores [N], got {tuple(b.shape)} and {tuple(s.shape)}")
+        order = torch.argsort(s, descending=True, stable=True)
+        orders.append(order)
+        bits.append(overlap_bits(b[order], iou_threshold).flatten())
+    if not orders:
+        return []
+    host = torch.cat(bits).numpy(force=True)  # the one synchronisation
+    kept, offset = [], 0
+    for order in orders:
+        k = order.shape[0]
+        rows = host[offset:offset + k * ((k + 7) // 8)].reshape(k, (k + 7) // 8)
+        offset += rows.size
+        keep = torch.from_numpy(greedy_scan(rows, max_keep)).to(order.device, non_blocking=True)
+        kept.append(order[keep])
+    return kept
 
 
 def nms_fixed_shape(boxes: Tensor, scores: Tensor, iou_threshold: float, iterations: int) -> Tensor:
@@ -120,10 +156,13 @@ def nms_fixed_shape(boxes: Tensor, scores: Tensor, iou_threshold: float, iterati
     Args:
         boxes: Tensor[B, K, 4] xyxy, **sorted by descending score** per image.
         scores: Tensor[B, K]; entries <= 0 are padding and never suppress anything.
-        iterations: rounds of the fixed-point iteration in :func:`_greedy_keep_sorted`.
+        iterations: rounds of the fixed-point iteration below.
 
     Returns:
-        Tensor[B, K] bool keep mask. It equals greedy NMS whenever the suppression chains are no
+        Tensor[B, K] bool keep mask. Greedy NMS keeps box j iff no *kept* earlier box i < j has IoU >
+        threshold: the fixed point of ``keep = ~any_i(keep[i] & S[i, j])``, S the strictly
+        upper-triangular overlap matrix; iterating from "keep all" settles entry j once the entries
+        before it have, so the result equals greedy NMS whenever the suppression chains are no
         longer than ``iterations``; a final "fast NMS" pass guarantees that no two kept boxes overlap
         above the threshold even if they are longer (it can then drop a few extra boxes).
     """

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from isrn_model.box_coding import decode
-from isrn_model.boxes import box_area, clip_boxes, nms_each, nms_fixed_shape
+from isrn_model.boxes import box_area, clip_boxes
 from isrn_model.config import InferenceConfig
+from isrn_model.nms import nms_each, nms_fixed_shape
 from isrn_model.stc_str import TwoStepOutputs, second_step_references, stc_keep_masks
 
 
@@ -39,7 +40,7 @@ def dense_predictions(out: TwoStepOutputs, stc_face_threshold: float) -> tuple[T
 def select_detections(
     scores: Tensor, boxes: Tensor, counts: list[int], image_sizes: list[tuple[int, int]], cfg: InferenceConfig
 ) -> list[dict[str, Tensor]]:
-    """Per-image detections from dense predictions, with two host synchronisations for the batch.
+    """Per-image detections from dense predictions, with two host synchronisations for the batch (GPU).
 
     Args:
         scores: Tensor[B, N]; boxes: Tensor[B, N, 4] xyxy pixels (from :func:`dense_predictions`).
@@ -53,7 +54,8 @@ def select_detections(
 
     The candidates (score above the threshold, among the ``pre_nms_top_k`` best of their level, not
     empty once clipped) are marked on the whole batch with fixed shapes; their count per image is the
-    first synchronisation, :func:`~isrn_model.boxes.nms_each` over every image the second.
+    first synchronisation, :func:`~isrn_model.nms.nms_each` over every image the second (on a GPU;
+    on the CPU, where a read costs nothing, NMS reads its boxes in blocks).
     """
     scores, boxes = scores.float(), boxes.float()
     batch, n_anchors = scores.shape

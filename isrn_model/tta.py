@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isrn_model.boxes import clip_boxes, overlap_bits
+from isrn_model.boxes import clip_boxes
 from isrn_model.config import InferenceConfig
+from isrn_model.nms import overlap_bits
 
 SMALL_RUN_MIN_SIDE = 30.0
 """Down-scaled runs keep only boxes whose longer side exceeds this (px, original image) [code]."""
@@ -42,7 +43,7 @@ def box_vote(dets: Tensor, iou_threshold: float, keep_top_k: int) -> Tensor:
 
     The group leaders are the boxes greedy NMS keeps (suppressing at IoU ≥ the threshold), and every
     other box joins the first leader that overlaps it that much: the overlaps are computed on the
-    device (:func:`~isrn_model.boxes.overlap_bits`), the grouping runs on the host over one copy of
+    device (:func:`~isrn_model.nms.overlap_bits`), the grouping runs on the host over one copy of
     them, and the weighted means are one ``index_add`` on the device. One host synchronisation.
     """
     dets = dets[dets[:, 4].argsort(descending=True)]

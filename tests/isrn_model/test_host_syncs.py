@@ -11,7 +11,7 @@ def test_counts_each_kind_of_sync_once():
     mask = x.detach() > 2
     with count_host_syncs() as syncs:
         x.sum().item()                      # _local_scalar_dense
-        int(x[0]), float(x[1]), bool(x[2])  # 3 more
+        int(x.detach()[0]), float(x.detach()[1]), bool(x.detach()[2])  # 3 more
         x[mask].sum().backward()            # index with a mask + its backward (index_put with the mask)
         mask.nonzero()
         torch.where(mask)                   # nonzero inside
@@ -57,7 +57,7 @@ def test_factory_without_device_is_refused_with_its_caller():
         torch.tensor([1.0, 2.0], device="cpu")
         torch.arange(4, device=torch.device("cpu"))
         t = torch.ones(2, device="cpu")
-        torch.as_tensor(t), torch.tensor(t).new_zeros(3), torch.zeros_like(t)  # follow t's device
+        torch.as_tensor(t), t.new_zeros(3), torch.zeros_like(t)  # follow t's device
         with pytest.raises(ImplicitDeviceError, match=r"torch.ones called without device= at .*test_host_syncs.py:\d+"):
             torch.ones(2)
         for make in (lambda: torch.tensor([1.0]), lambda: torch.full((2,), 1.0), lambda: torch.empty(1),

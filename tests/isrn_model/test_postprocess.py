@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import isrn_model.nms as nms_mod
 from isrn_model.config import InferenceConfig
 from isrn_model.host_syncs import count_host_syncs, require_explicit_device
 from isrn_model.postprocess import _compact, select_detections
@@ -33,7 +34,9 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)
-def test_detections_equal_the_per_image_reference(cfg):
+@pytest.mark.parametrize("read_rows", [512, None])  # NMS's schedule on the CPU, on a GPU
+def test_detections_equal_the_per_image_reference(cfg, read_rows, monkeypatch):
+    monkeypatch.setattr(nms_mod, "HOST_READ_ROWS", read_rows)
     scores, boxes = dense(3, seed=cfg.keep_top_k + cfg.pre_nms_top_k)
     sizes = [(100, 200), (128, 256), (60, 250)]
     expected = reference.select_detections(scores, boxes, COUNTS, sizes, cfg)
@@ -54,9 +57,10 @@ def test_tied_scores_keep_the_reference_order():
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-def test_two_host_syncs_for_the_whole_batch(batch):
+def test_two_host_syncs_for_the_whole_batch_on_a_gpus_schedule(batch, monkeypatch):
     # The starting code: per image, one per level (the threshold's nonzero) and more per NMS block
-    # and round.
+    # and round. (On the CPU, NMS reads its boxes in blocks, syncs being free there: a GPU's schedule.)
+    monkeypatch.setattr(nms_mod, "HOST_READ_ROWS", None)
     scores, boxes = dense(batch, seed=batch)
     with count_host_syncs() as syncs, require_explicit_device():
         select_detections(scores, boxes, COUNTS, [(128, 256)] * batch, InferenceConfig(score_threshold=0.01))

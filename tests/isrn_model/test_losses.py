@@ -36,13 +36,18 @@ def test_smooth_l1_by_hand():
 def test_focal_loss_under_bf16_autocast_is_the_float32_loss(p):
     # Under bf16 autocast the heads emit bf16 logits. Computed in bf16, 1 − p rounds to 8 significant
     # bits: at p = 0.01, 1 − p = 0.98828, so a background anchor's factor (1 − p_t)² = (1 − (1 − p))²
-    # becomes 0.01172² instead of 0.01², 37% too large; at p = 1e-4, 1 − p = 1 and the loss is 0.
+    # becomes 0.01172² instead of 0.01², 37% too large; from p ≈ 0.002 down, 1 − p = 1 and the loss is
+    # 0. Background anchors only: they are the hundred thousand easy negatives the focal factor is for
+    # (a positive's loss, 0.25 · 0.98² · 4.6 at the prior, would hide their error in a sum).
     logits = torch.full((64,), math.log(p / (1 - p))).bfloat16()
     targets = torch.zeros(64)
-    targets[:2] = 1.0
     exact = sigmoid_focal_loss(logits.float(), targets)  # the same (bf16-rounded) logits, in float32
+    # by hand: 64 background anchors · (1 − α) q² · (−ln(1 − q)), q the probability of the rounded
+    # logit (at p = 0.01: q = 0.010014, 64 · 0.75 · 1.0028e-4 · 0.010065 = 4.845e-5)
+    q = 1 / (1 + math.exp(-float(logits[0])))
+    assert exact.item() == pytest.approx(64 * 0.75 * q**2 * -math.log(1 - q), rel=1e-4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        amp = sigmoid_focal_loss(logits, targets)
+        amp = sigmoid_focal_loss(logits, targets.bfloat16())  # targets as the bf16 logits' dtype
     assert amp.dtype == torch.float32
     assert amp.item() == pytest.approx(exact.item(), rel=0.01)
 

@@ -119,12 +119,14 @@ def test_losses_make_no_host_sync_whatever_the_batch_and_faces():
 def test_losses_under_bf16_autocast_equal_the_float32_losses(p):
     # Heads under bf16 autocast emit bf16; every logit here sits at face probability p (the prior
     # 0.01 at the start of training, lower later for easy negatives). The losses of those same bf16
-    # values computed in float32 are the truth; under autocast they must stay within 1% of it.
+    # values computed in float32 are the truth; under autocast they must stay within 1% of it. No
+    # faces: every anchor is an easy negative, whose loss bf16 gets wrong (37% at p = 0.01, 0 below
+    # p ≈ 0.002), and at the prior the bf16 STC filter dropped them all from the step-2 loss.
     out = random_outputs(2, (2, 3, 4), (5, 6, 7), seed=11)
     logit = torch.tensor(p / (1 - p)).log().item()
     for logits in [*out.cls1.values(), *out.cls2]:
         logits.data.fill_(logit)
-    faces = random_faces([3, 20], seed=11)
+    faces = random_faces([0, 0], seed=11)
 
     def bf16(x):
         return x.detach().bfloat16()

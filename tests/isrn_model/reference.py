@@ -20,20 +20,7 @@ IOU_CHUNK_ELEMENTS = 1 << 24
 NMS_BLOCK = 512
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Summed binary focal loss (Lin et al. 2017, eq. 5).
-
-    FL(p_t) = −α_t (1 − p_t)^γ log(p_t), with p_t = p for a face (target 1) and 1 − p for background,
-    α_t = α for a face and 1 − α for background.
-
-    Args:
-        logits: Tensor[N] raw scores.
-        targets: Tensor[N] in {0, 1}, same shape.
-        alpha: weight of positives; a negative value disables the α weighting.
-        gamma: focusing exponent.
-
-    Returns:
-        Scalar tensor, the sum over all N entries.
-    """
+    """As at 4b5aeef."""
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # −log(p_t), stable
     p_t = p * targets + (1 - p) * (1 - targets)
@@ -44,14 +31,7 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
 
 
 def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:
-    """Summed smooth-L1: 0.5 x² / β where |x| < β, else |x| − 0.5 β (pure L1 when β = 0).
-
-    Args:
-        pred, target: Tensor[N, 4] deltas.
-
-    Returns:
-        Scalar tensor, the sum over all entries.
-    """
+    """As at 4b5aeef."""
     diff = (pred - target).abs()
     if beta <= 0:
         return diff.sum()
@@ -61,17 +41,7 @@ def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:
 def match_boxes(
     references: Tensor, gt_boxes: Tensor, neg_threshold: float, pos_threshold: float, allow_low_quality: bool
 ) -> Tensor:
-    """Label every reference box.
-
-    Args:
-        references: Tensor[N, 4] xyxy pixels (anchors or refined boxes).
-        gt_boxes: Tensor[G, 4] xyxy pixels; G may be 0 (all background).
-        neg_threshold, pos_threshold: the ignore band [neg, pos).
-        allow_low_quality: also make each face's best reference box(es) positive.
-
-    Returns:
-        Tensor[N] int64: face index (≥ 0), BACKGROUND (−1) or IGNORE (−2).
-    """
+    """As at 4b5aeef."""
     n = references.shape[0]
     g = gt_boxes.shape[0]
     if g == 0:
@@ -103,7 +73,7 @@ def match_boxes(
 
 
 def _level_slices(levels: tuple[int, ...], counts: list[int], wanted: set[int]) -> Tensor:
-    """Indices (into the concatenation of all levels) of the anchors on ``wanted`` levels."""
+    """As at 4b5aeef."""
     pieces, start = [], 0
     for level, n in zip(levels, counts):
         if level in wanted:
@@ -115,17 +85,7 @@ def _level_slices(levels: tuple[int, ...], counts: list[int], wanted: set[int]) 
 def compute_losses(
     out: TwoStepOutputs, gt_boxes: list[Tensor], cfg: LossConfig, *, stc_threshold: float
 ) -> dict[str, Tensor]:
-    """The four named losses of a batch.
-
-    Args:
-        out: raw head outputs of both steps.
-        gt_boxes: per image Tensor[G_i, 4] xyxy pixels (validated, non-degenerate; G_i may be 0).
-        cfg: thresholds and loss parameters.
-        stc_threshold: STC background confidence θ (``ModelConfig.stc_threshold``, shared with inference).
-
-    Returns:
-        ``{"loss_cls_1", "loss_box_1", "loss_cls_2", "loss_box_2"}``, scalar tensors.
-    """
+    """As at 4b5aeef."""
     levels, counts, batch = out.levels, out.counts, out.batch_size
     device = out.cls2[0].device
     anchors = torch.cat(out.anchors)
@@ -178,13 +138,7 @@ def compute_losses(
 
 
 def _greedy_keep_sorted(iou: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy NMS on boxes already sorted by descending score, given their IoU matrix Tensor[K, K].
-
-    Greedy NMS keeps box j iff no *kept* earlier box i < j has IoU > threshold. That is a fixed point
-    of ``keep = ~any_i(keep[i] & S[i, j])`` with S the strictly upper-triangular overlap matrix;
-    iterating from "keep all" settles entry j once entries < j have settled, so it ends in at most K
-    rounds, and in practice in a handful. Returns Tensor[K] bool.
-    """
+    """As at 4b5aeef."""
     suppress = (iou > iou_threshold).triu(diagonal=1)
     keep = torch.ones(iou.shape[0], dtype=torch.bool, device=iou.device)
     while True:
@@ -195,20 +149,7 @@ def _greedy_keep_sorted(iou: Tensor, iou_threshold: float) -> Tensor:
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int | None = None) -> Tensor:
-    """Greedy non-maximum suppression, exact and vectorised.
-
-    Args:
-        boxes: Tensor[N, 4] xyxy pixels.
-        scores: Tensor[N].
-        iou_threshold: a box is dropped if its IoU with a higher-scored kept box is above this.
-        max_keep: stop once this many boxes are kept (the result is the first ``max_keep`` of full NMS).
-
-    Returns:
-        Tensor[K] int64 indices into ``boxes`` of the kept boxes, by descending score.
-
-    Boxes are processed in blocks of :data:`NMS_BLOCK` (by score): each block is first suppressed by
-    the boxes already kept, then greedy NMS runs inside the block, so memory stays O(NMS_BLOCK × N).
-    """
+    """As at 4b5aeef."""
     if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
         raise ValueError(f"nms expects boxes [N, 4] and scores [N], got {tuple(boxes.shape)} and {tuple(scores.shape)}")
     order = torch.argsort(scores, descending=True, stable=True)
@@ -237,18 +178,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int | Non
 def select_detections(
     scores: Tensor, boxes: Tensor, counts: list[int], image_sizes: list[tuple[int, int]], cfg: InferenceConfig
 ) -> list[dict[str, Tensor]]:
-    """Per-image detections from dense predictions.
-
-    Args:
-        scores: Tensor[B, N]; boxes: Tensor[B, N, 4] xyxy pixels (from :func:`dense_predictions`).
-        counts: anchors per level (sums to N), for the per-level top-k.
-        image_sizes: per image (height, width) of the unpadded image, for clipping.
-        cfg: thresholds.
-
-    Returns:
-        per image ``{"boxes": Tensor[K, 4] xyxy pixels, "scores": Tensor[K]}``, by descending score,
-        K ≤ ``cfg.keep_top_k``.
-    """
+    """As at 4b5aeef."""
     results = []
     for i, (height, width) in enumerate(image_sizes):
         kept_scores, kept_boxes, start = [], [], 0
@@ -271,12 +201,7 @@ def select_detections(
 
 
 def box_vote(dets: Tensor, iou_threshold: float, keep_top_k: int) -> Tensor:
-    """Box voting [code: ``bbox_vote``]: Tensor[N, 5] (x1, y1, x2, y2, score) → Tensor[K, 5].
-
-    Repeatedly take the highest-scored box and every box with IoU ≥ ``iou_threshold`` with it; the
-    group becomes one box, the score-weighted mean of its coordinates with the group's highest score.
-    A group of one box is dropped, as in the released code. At most ``keep_top_k`` boxes are returned.
-    """
+    """As at 4b5aeef."""
     dets = dets[dets[:, 4].argsort(descending=True)]
     iou = box_iou(dets[:, :4], dets[:, :4])
     alive = torch.ones(dets.shape[0], dtype=torch.bool)

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from isrn_model.anchors import anchors_for_feature_sizes
 from isrn_model.builder import build_isrn
-from isrn_model.config import InferenceConfig, ModelConfig
+from isrn_model.config import LEVELS, InferenceConfig, ModelConfig
 from isrn_model.export import ExportableISRN, export_program, load_model, save_model
 
 TINY = ModelConfig(depth=18, base_width=16, fpn_channels=32, head_channels=32, share_heads=False)
@@ -46,3 +47,13 @@ def test_torch_export_matches_eager(model):
     torch.testing.assert_close(exported[0, :, 4], eager["scores"])
     with pytest.raises(ValueError, match="256×256"):
         ExportableISRN(model, 256, 256)(torch.zeros(1, 3, 128, 128))
+
+
+def test_export_leaves_no_fake_anchors_behind(model):
+    # Anchors are cached per size for eager runs, but not while torch.export traces (a tensor made
+    # there is a fake tensor): an eager run at an exported size gets real anchors.
+    export_program(model, 384, 128)
+    anchors = anchors_for_feature_sizes(LEVELS, [(384 >> lvl, 128 >> lvl) for lvl in LEVELS], "cpu")
+    assert type(anchors) is torch.Tensor and anchors.shape == (2 * 4095, 4)  # 96·32 + 48·16 + … + 3·1 = 4095 locations
+    with torch.no_grad():
+        assert len(model(torch.rand(1, 3, 384, 128) * 255)) == 1

@@ -189,9 +189,8 @@ def checkpoint(device: torch.device) -> str:
         save_checkpoint(Path(directory), model, optimizer, TrainingState(step=1), spec.to_dict())
         loaded, loaded_optimizer = fresh()
         load_checkpoint(Path(directory), loaded, loaded_optimizer)
-    moments = [s for s in loaded_optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim]
-    assert moments and all(v.device.type == device.type for s in moments for v in s.values() if torch.is_tensor(v)
-                           and v.ndim), "the loaded optimizer state is not on the device"
+    moments = [v for state in loaded_optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.ndim]
+    assert moments and all(v.device.type == device.type for v in moments), "the loaded optimizer state is not on the device"
     a, b = step(model, optimizer), step(loaded, loaded_optimizer)
     same = all(torch.equal(x, y) for x, y in zip(model.state_dict().values(), loaded.state_dict().values()))
     assert same and a == b, (a, b)
@@ -248,7 +247,7 @@ def loop(device: torch.device, steps_per_epoch: int, epochs: int) -> str:
     shares = {k.removeprefix("time_share_"): v for k, v in last.items() if k.startswith("time_share_")}
     assert state.step == steps_per_epoch * epochs and math.isfinite(last.get("val_ap_hard", math.nan)), last
     return (f"demo model, {state.step} steps of {spec.loader.batch_size} at {spec.loader.augment.out_size}² on "
-            f"{device}, {workers} loader workers: {wall:.0f} s, median {rate:.0f} images/s, last epoch "
+            f"{device}, {workers} loader workers: {wall:.0f} s, median {rate:.1f} images/s, last epoch "
             + ", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items())) + f"; AP hard {last['val_ap_hard']:.3f}")
 
 

@@ -92,3 +92,38 @@ def test_the_feeder_keeps_the_loaders_buffer_until_the_model_has_read_it():
     assert buffers.take((2, 3, 8, 8)).data_ptr() != images.data_ptr()  # still held: a fresh buffer
     feeder.done_with(batch)
     assert buffers.take((2, 3, 8, 8)).data_ptr() == images.data_ptr()  # handed back, reused
+
+
+@pytest.mark.parametrize("batch", [4, 16])
+def test_a_whole_training_step_makes_a_constant_number_of_host_syncs(batch):
+    """The trainer's step (feeder, forward, losses, backward, gradient clipping, SGD) reads nothing back
+    from the device but the targets' check: the losses stay on the device until the log interval."""
+    from isrn_model.builder import build_isrn
+    from isrn_model.host_syncs import count_host_syncs
+    from jobs.train.schedule import build_optimizer
+    from jobs.train.steps import train_step
+    from jobs.train.timing import GradientClock
+
+    spec = load_spec("smoke", ["optim.name=sgd"])
+    model = build_isrn(spec.model, loss=spec.loss, inference=spec.inference)
+    optimizer, timer, device = build_optimizer(model, spec.optim), StepTimer(torch.device("cpu")), torch.device("cpu")
+    clock = GradientClock(model, timer)
+    step = random_batch(batch, 128, faces=7, seed=batch)  # the count does not depend on the size
+    train_step(model, [dict(step)], optimizer, feeder=BatchFeeder(device), timer=timer, clock=clock, grad_clip_norm=10)
+    with count_host_syncs() as syncs:
+        losses = train_step(model, [dict(step)], optimizer, feeder=BatchFeeder(device), timer=timer, clock=clock,
+                            grad_clip_norm=10)
+    assert syncs.total <= 8, dict(syncs.by_op)  # 1 here: the targets' degenerate-box check
+    assert all(isinstance(v, torch.Tensor) for v in losses.values())
+
+
+def random_batch(batch: int, size: int, faces: int, seed: int) -> dict:
+    """uint8 images [B, 3, S, S] as the loader sends them, `faces` xyxy boxes per image, 8 to S/3 wide."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+    targets = []
+    for _ in range(batch):
+        wh = (8 + torch.rand(faces, 1, generator=generator) * (size / 3 - 8)) * torch.tensor([[1.0, 1.25]])
+        xy = torch.rand(faces, 2, generator=generator) * (size - wh)
+        targets.append({"boxes": torch.cat([xy, xy + wh], dim=1)})
+    return {"images": images, "targets": targets}

@@ -703,7 +703,7 @@ def quickly(call: Callable[[Row], Any], seconds: float) -> Callable[[Row], Any]:
 
 def check_storage_of(*sets: str) -> When:
     return api(lambda row: preflight.check_storage(load_spec("smoke", list(sets)), JobEnvironment.resolve()),
-               (ConfigError, ServiceUnavailableError))
+               ConfigError, ServiceUnavailableError)
 
 
 def prepare_with_synth(row: Row, _: Any) -> Outcome:
@@ -712,7 +712,7 @@ def prepare_with_synth(row: Row, _: Any) -> Outcome:
                                f"checkpoint.storage=s3://{row.bucket}/runs"])
     from jobs.train.run import prepare_job
 
-    return api(lambda row: prepare_job(spec, JobEnvironment.resolve()), (ConfigError, ServiceUnavailableError))(row, None)
+    return api(lambda row: prepare_job(spec, JobEnvironment.resolve()), ConfigError, ServiceUnavailableError)(row, None)
 
 
 # ---------------------------------------------------------------- the table

@@ -30,7 +30,7 @@ from jobs.spec import JobSpec
 from jobs.train.lease import LeaseLostError
 from jobs.train.progress import ProgressDisplay
 from jobs.train.resume import check_run_name, describe_differences, new_run_name, resume_changes
-from jobs.train.run import LeaseRef, execute, prepare_job, writer_lease
+from jobs.train.run import LeaseRef, execute, prepare_job, prepare_storage, writer_lease
 from jobs.train.tracking import (
     find_run, finish_run, recent_runs, record_spec_change, run_spec, run_url, start_or_resume_run,
 )
@@ -109,11 +109,14 @@ def run_training(spec: JobSpec, *, resume: str | None = None, run_name: str | No
     env = env or JobEnvironment.resolve()
     check_tracking_server(env.tracking_uri)  # before anything else: fail in seconds, naming the URL
     plan = plan_run(spec, env.tracking_uri, resume=resume, run_name=run_name, allow_change=allow_change)
-    job = prepare_job(spec, env)
+    # The lease before the rest of the preparation: a run another job writes is refused at once, not
+    # after data generation or a wait for the cluster (which that job may be using).
+    prepare_storage(spec, env)
     lease = writer_lease(spec, env, plan.run_name, job=submission_id())
     lease.acquire()
     run_id = None
     try:
+        job = prepare_job(spec, env)
         run_id = start_or_resume_run(env.tracking_uri, spec.tracking.experiment, plan.run_name, tags=job.lineage,
                                      params=spec.flat_params(), spec_yaml=spec.to_yaml())
         if plan.changes:

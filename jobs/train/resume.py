@@ -38,10 +38,14 @@ CHANGEABLE = (
 """Spec fields `isrn train --resume RUN --allow-change` accepts a change of (see the module docstring)."""
 
 
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 def new_run_name(spec: JobSpec) -> str:
     """`<spec>-<UTC second>-<6 random hex digits>`: sorts by start time, and two jobs started in the same
     second (two `isrn submit` from a script) still get two runs (2^24 suffixes a second)."""
-    return f"{spec.name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    return f"{spec.name}-{utc_now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
 def check_run_name(name: str, flag: str = "--run-name") -> str:

@@ -80,13 +80,19 @@ def prepare_job(spec: JobSpec, env: JobEnvironment, *, extra_bundles: list[dict[
     the spec's generated data (only when it asks for it), manifests, Ray, the cluster's capacity, and
     the run's lineage."""
     check_tracking_server(env.tracking_uri)
-    check_storage(spec, env)
-    env.export_s3()  # pyarrow (Ray's checkpoint storage) and boto3 in this process read credentials from it
+    prepare_storage(spec, env)
     if spec.data.synth is not None:
         prepare_data(spec, env)
     checked = check_job(spec, env, extra_bundles=extra_bundles)
     return PreparedJob(spec=spec, env=env, train_manifest=checked.train_manifest, val_manifest=checked.val_manifest,
                        lineage=lineage_tags(spec, checked.fingerprints))
+
+
+def prepare_storage(spec: JobSpec, env: JobEnvironment) -> None:
+    """Shards and checkpoint storage answer with working credentials, which this process's pyarrow
+    (Ray's checkpoint storage, the writer lease) and boto3 then read from its environment."""
+    check_storage(spec, env)
+    env.export_s3()
 
 
 def storage_for(spec: JobSpec, env: JobEnvironment) -> tuple[str, Any]:

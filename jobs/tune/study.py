@@ -25,10 +25,12 @@ from jobs.cluster import Bundle, autoscaler_node_types, cluster_nodes, max_capac
 from jobs.environment import JobEnvironment
 from jobs.errors import ConfigError
 from jobs.lineage import submission_id
+from jobs.preflight import check_tracking_server
 from jobs.spec import JobSpec
 from jobs.train.resume import describe_differences, new_run_name, spec_differences
 from jobs.train.run import (
-    LeaseRef, PreparedJob, execute, log_best_model, prepare_job, run_store, storage_for, writer_lease,
+    LeaseRef, PreparedJob, execute, log_best_model, prepare_job, prepare_storage, run_store, storage_for,
+    writer_lease,
 )
 from jobs.train.tracking import find_run, finish_run, run_spec, run_url, set_tag, start_or_resume_run
 from jobs.tune.config import TuneConfig
@@ -159,11 +161,8 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
     tune_spec = spec.tune
     assert tune_spec is not None
     env = env or JobEnvironment.resolve()
-    job = prepare_job(spec, env, extra_bundles=[{"CPU": tune_spec.trial_cpus}])
-    # Capacity as the autoscaler could grow it: the first trial is already known to fit.
-    capacity = max_capacity(cluster_nodes(), autoscaler_node_types(), unbounded_as=tune_spec.num_samples
-                            * len(trial_bundles(spec)))
-    concurrency = max_concurrent_trials(spec, capacity)
+    check_tracking_server(env.tracking_uri)
+    prepare_storage(spec, env)
     study = resume or name or new_run_name(spec)
     storage_path, filesystem = storage_for(spec, env)
     study_path = f"{storage_path}/{study}"
@@ -186,9 +185,15 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
             raise ConfigError(f"study {study!r} was started with another spec{fields}\nresume with the same spec "
                               f"and --set values")
 
+    # The lease before the rest of the preparation: a study another job runs is refused at once.
     lease = writer_lease(spec, env, study, job=submission_id())
     lease.acquire()
     try:
+        job = prepare_job(spec, env, extra_bundles=[{"CPU": tune_spec.trial_cpus}])
+        # Capacity as the autoscaler could grow it: the first trial is already known to fit.
+        capacity = max_capacity(cluster_nodes(), autoscaler_node_types(), unbounded_as=tune_spec.num_samples
+                                * len(trial_bundles(spec)))
+        concurrency = max_concurrent_trials(spec, capacity)
         return _run_locked(spec, env, job, study, study_path, filesystem, storage_path, concurrency, resume,
                            lease, started)
     finally:

@@ -21,7 +21,6 @@ import json
 import random
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -29,6 +28,7 @@ import pytest
 from jobs.spec import load_spec
 from jobs.train.driver import run_training
 from tests.jobs.helpers import metric_history as _history
+from tests.jobs.helpers import s3_outage, train_in_background
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.campaign]
 
@@ -82,22 +82,6 @@ def test_ten_kills_in_a_row(platform_env, local_s3, smoke_shards, ray_shutdown, 
           f"({'bitwise equal' if all(torch.equal(a[k], b[k]) for k in a) else 'within tolerance'})")
 
 
-def _train_in_background(spec, client, min_steps: int) -> tuple[threading.Thread, dict]:
-    """`run_training(spec)` in a thread; returns once its MLflow run has logged `min_steps` steps."""
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=run_training(spec)), daemon=True)
-    thread.start()
-    started = time.monotonic()
-    while time.monotonic() - started < 300:
-        experiment = client.get_experiment_by_name("isrn-smoke")
-        runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'",
-                                  max_results=1) if experiment else []
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= min_steps:
-            break
-        time.sleep(0.5)
-    return thread, outcome
-
-
 def test_s3_down_while_checkpoints_upload(platform_env, local_s3, smoke_shards, ray_shutdown):
     from mlflow.tracking import MlflowClient
 
@@ -105,10 +89,8 @@ def test_s3_down_while_checkpoints_upload(platform_env, local_s3, smoke_shards, 
                                "train.log_every_steps=1"])
     client = MlflowClient(platform_env.config.tracking_uri)
     # Once training has logged a few steps, S3 goes away for 8 s (checkpoints upload every step).
-    thread, outcome = _train_in_background(spec, client, min_steps=3)
-    local_s3.stop()
-    time.sleep(8)
-    local_s3.start()
+    thread, outcome = train_in_background(spec, client, min_steps=3)
+    s3_outage(local_s3, 8)
     thread.join(timeout=900)
     result = outcome["result"]
     run = client.get_run(result.mlflow_run_id)
@@ -129,7 +111,7 @@ def test_mlflow_down_mid_run(platform_env, local_platform, smoke_shards, ray_shu
 
     spec = load_spec("smoke", [*smoke_shards, "train.epochs=3", "train.log_every_steps=1"])
     client = MlflowClient(platform_env.config.tracking_uri)
-    thread, outcome = _train_in_background(spec, client, min_steps=2)
+    thread, outcome = train_in_background(spec, client, min_steps=2)
     local_platform.down(only=("mlflow",))
     down = time.monotonic()
     time.sleep(20)

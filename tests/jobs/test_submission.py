@@ -81,16 +81,6 @@ def test_submit_goes_to_the_given_address_and_sends_no_credential(platform_env, 
     assert platform_env.config.s3.secret_key not in str(info)
 
 
-class _OneSecond:
-    """datetime whose `now` is always the same second: two submissions from a script, at once."""
-
-    @staticmethod
-    def now(tz=None):
-        import datetime as dt
-
-        return dt.datetime(2026, 11, 29, 10, 15, 0, tzinfo=tz)
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 def test_two_submissions_in_one_second_are_two_runs_and_a_live_run_is_not_resumed(platform_env, smoke_shards,
@@ -98,6 +88,7 @@ def test_two_submissions_in_one_second_are_two_runs_and_a_live_run_is_not_resume
     """Two `isrn submit` of one spec in the same second: two run names, two MLflow runs, two storage
     folders each with its own writer lease. While they run, `isrn train --resume` of one of them is
     refused: a live job holds it (its lease is renewed while the resume watches)."""
+    import datetime as dt
     import time
 
     from mlflow.tracking import MlflowClient
@@ -111,7 +102,8 @@ def test_two_submissions_in_one_second_are_two_runs_and_a_live_run_is_not_resume
     experiment = "isrn-submit-twice"
     sets = [*smoke_shards, "train.epochs=1", "scaling.num_workers=1", "tracking.log_model=false",
             "checkpoint.lease_timeout_s=20", f"tracking.experiment={experiment}"]
-    monkeypatch.setattr(resume.dt, "datetime", _OneSecond)
+    # Two submissions from a script, in the same second.
+    monkeypatch.setattr(resume, "utc_now", lambda: dt.datetime(2026, 11, 29, 10, 15, 0, tzinfo=dt.UTC))
     names, jobs = [], []
     for _ in range(2):
         result = CliRunner().invoke(main, ["submit", "smoke", "--address", url, "--no-wait",

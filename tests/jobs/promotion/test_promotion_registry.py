@@ -181,7 +181,7 @@ def test_clear_errors(mlflow_env, new_experiment, training_run, monkeypatch) -> 
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
     cli = CliRunner().invoke(promote_cmd, ["--experiment", empty])
-    assert cli.exit_code == 1 and f"MLflow registry at {dead} is unreachable" in cli.output
+    assert cli.exit_code == 1 and f"the MLflow server at {dead} (MLFLOW_TRACKING_URI) does not answer" in cli.output
 
 
 # ---------------------------------------------------------------- registry faults

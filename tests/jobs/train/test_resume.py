@@ -18,14 +18,8 @@ from jobs.train.driver import RunPlan, plan_run
 from jobs.train.resume import CHANGEABLE, check_run_name, new_run_name, resume_changes, spec_differences
 
 
-class _FrozenClock(dt.datetime):
-    @classmethod
-    def now(cls, tz=None):
-        return dt.datetime(2026, 11, 29, 10, 15, 0, tzinfo=tz)
-
-
 def test_two_jobs_started_in_the_same_second_get_two_run_names(monkeypatch):
-    monkeypatch.setattr(resume.dt, "datetime", _FrozenClock)
+    monkeypatch.setattr(resume, "utc_now", lambda: dt.datetime(2026, 11, 29, 10, 15, 0, tzinfo=dt.UTC))
     spec = load_spec("smoke")
     names = {new_run_name(spec) for _ in range(200)}
     assert len(names) == 200

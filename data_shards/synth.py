@@ -47,7 +47,8 @@ import cv2
 import numpy as np
 
 from data_shards.config import SynthConfig
-from data_shards.wider_layout import SETTINGS, Face, ImageRecord, format_bbx_gt
+from data_shards.wider_layout import Face, ImageRecord, format_bbx_gt
+from isrn_model.wider_eval import ATTRIBUTES, SETTINGS, WiderGroundTruth, ground_truth_from_arrays, ground_truth_mat_files
 
 log = logging.getLogger(__name__)
 
@@ -287,73 +288,29 @@ def generate_split(root: str | Path, split: str, count: int, seed: int, config: 
 # ---------------------------------------------------------------- .mat files
 
 
-def _cell(items: list) -> np.ndarray:
-    """A MATLAB column cell array (n x 1) holding `items` as they are (no numpy broadcasting)."""
-    out = np.empty((len(items), 1), dtype=object)
-    for i, item in enumerate(items):
-        out[i, 0] = item
-    return out
+def val_ground_truth(records: list[ImageRecord]) -> WiderGroundTruth:
+    """The val records as the metric's ground truth, for its `.mat` files (`ground_truth_mat_files`).
 
-
-def val_mat_contents(records: list[ImageRecord]) -> dict[str, dict[str, np.ndarray]]:
-    """The variables of `wider_face_val.mat` and `wider_{easy,medium,hard}_val.mat`.
-
-    Same structure as the official files: 61 x 1 (here: events present) cell of events, each a
-    n_images x 1 cell; boxes int32 [n, 4] (x, y, w, h); labels uint8 [n, 1]; `gt_list` the 1-based
-    indices of the faces that count in the setting, uint8 (uint16 past 255), [k, 1].
-    Events are in MATLAB's `dir` order (lexicographic), as in the official files.
+    Events in MATLAB's `dir` order (lexicographic), as in the official files, images in record
+    order; the keep lists follow `face_settings`; each face's six labels are what was done to it.
     """
     by_event: dict[str, list[ImageRecord]] = {}
     for rec in records:
         by_event.setdefault(rec.event, []).append(rec)
-    events = sorted(by_event)
-    labels = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
-    base: dict[str, np.ndarray] = {
-        "event_list": _cell([np.array([e]) for e in events]),
-        "file_list": _cell([_cell([np.array([r.name]) for r in by_event[e]]) for e in events]),
-        "face_bbx_list": _cell([
-            _cell([np.array([f.xywh() for f in r.faces], dtype=np.int32).reshape(-1, 4) for r in by_event[e]])
-            for e in events
-        ]),
-    }
-    for label in labels:
-        base[f"{label}_label_list"] = _cell([
-            _cell([np.array([getattr(f, label) for f in r.faces], dtype=np.uint8).reshape(-1, 1) for r in by_event[e]])
-            for e in events
-        ])
-    out = {"wider_face_val.mat": base}
-    for setting in SETTINGS:
-        def gt(rec: ImageRecord) -> np.ndarray:
-            idx = [k + 1 for k, f in enumerate(rec.faces) if setting in face_settings(f)]
-            dtype = np.uint8 if len(rec.faces) <= 255 else np.uint16
-            return np.array(idx, dtype=dtype).reshape(-1, 1)
-
-        out[f"wider_{setting}_val.mat"] = {
-            **base, "gt_list": _cell([_cell([gt(r) for r in by_event[e]]) for e in events])
-        }
-    return out
-
-
-MAT_HEADER = b"MATLAB 5.0 MAT-file, written by isrn data synth"
-"""The 116-byte text at the start of a v5 .mat file. scipy writes the creation time there, which
-made two generations of the same seed differ whenever they straddled a second."""
-
-
-def mat_bytes(variables: dict[str, np.ndarray]) -> bytes:
-    """A compressed v5 .mat file of `variables`, byte-identical for identical contents."""
-    import io
-
-    import scipy.io
-
-    buffer = io.BytesIO()
-    scipy.io.savemat(buffer, variables, do_compression=True)
-    data = buffer.getvalue()
-    return MAT_HEADER.ljust(116) + data[116:]
+    ordered = [rec for event in sorted(by_event) for rec in by_event[event]]
+    return ground_truth_from_arrays(
+        [rec.event for rec in ordered], [rec.name for rec in ordered],
+        [np.array([f.xywh() for f in rec.faces], dtype=np.int32).reshape(-1, 4) for rec in ordered],
+        {setting: [np.array([k for k, f in enumerate(rec.faces) if setting in face_settings(f)], dtype=np.int64)
+                   for rec in ordered] for setting in SETTINGS},
+        {name: [np.array([getattr(f, name) for f in rec.faces], dtype=np.uint8) for rec in ordered]
+         for name in ATTRIBUTES},
+    )
 
 
 def write_val_mats(records: list[ImageRecord], *folders: Path) -> None:
-    for name, variables in val_mat_contents(records).items():
-        data = mat_bytes(variables)
+    """`wider_face_val.mat` into every folder; the setting files into the one named `ground_truth`."""
+    for name, data in ground_truth_mat_files(val_ground_truth(records)).items():
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
             if name == "wider_face_val.mat" or folder.name == "ground_truth":

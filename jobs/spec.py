@@ -67,6 +67,9 @@ class DataConfig(Section):
     """Shard root URL holding `train/` and `val/` manifests (s3://bucket/prefix or a path)."""
     synth: SynthDataConfig | None = None
     """Generate the data set and shards when they are missing (None: they must exist)."""
+    boxes: Literal["face", "person"] = "face"
+    """What the shards' boxes outline: faces (WIDER FACE; COCO-WholeBody's face boxes), or whole
+    persons (COCO's person boxes). Checked against the shards' manifests before training."""
 
     _shards_bucket = field_validator("shards")(_bucketed)
 
@@ -140,6 +143,9 @@ class EvalConfig(Section):
     amp: bool = True
     """GPU only: the network runs under bf16 autocast during evaluation (post-processing stays float32);
     ignored on CPU."""
+    gallery_images: int = Field(default=64, ge=0)
+    """Val images rank 0 keeps in memory during an evaluation (at val resolution) to crop the
+    gallery of missed faces and false positives from; 0: no gallery."""
 
 
 @config_section

@@ -12,10 +12,15 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 
-from jobs.metrics import AP_METRICS, VAL_AP_HARD
+from jobs.metrics import AP_METRICS, BREAKDOWN_PREFIX, VAL_AP_HARD
 from jobs.tags import MODEL_URI, VAL_MANIFEST
 
 __all__ = ["AP_METRICS", "Candidate", "Decision", "ModelRecord", "PromotionRule", "rank", "should_promote"]
+
+
+def is_score(metric: str) -> bool:
+    """Whether a logged model's metric is one promotion copies and shows: an AP, or a subset's Hard AP."""
+    return metric in AP_METRICS or metric.startswith(BREAKDOWN_PREFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +34,8 @@ class Candidate:
     version: str | None = None
     model_uri: str | None = None
     scores: Mapping[str, float] = dataclasses.field(default_factory=dict, hash=False)
-    """The model's own `AP_METRICS` that were logged (for the AP table and the version tags)."""
+    """The model's own `AP_METRICS` that were logged, and its Hard AP per face subset
+    (`val_ap_hard_<subset>`): for the descriptions' tables and the version tags."""
     best_epoch: int | None = None
     best_step: int | None = None
 
@@ -133,7 +139,7 @@ def assess(record: ModelRecord, rule: PromotionRule) -> Candidate | str:
         return (f"its logged model's {m} was measured on val manifest {measured_on}, "
                 f"but the run validated on {record.val_manifest}")
     return Candidate(run_id=record.run_id, metric=value, val_manifest=record.val_manifest, model_uri=record.model_uri,
-                     scores={k: record.model_metrics[k] for k in AP_METRICS if k in record.model_metrics},
+                     scores={k: v for k, v in record.model_metrics.items() if is_score(k)},
                      best_epoch=record.best_epoch, best_step=record.best_step)
 
 

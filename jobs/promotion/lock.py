@@ -252,7 +252,9 @@ def acquire(client, name: str, policy: LockPolicy, tracking_uri: str,
                                            description=f"Held while `isrn promote` of {name} runs; deleted after.")
             return HeldLock(lock, token, policy, time.monotonic() - started, tuple(broken))
         except MlflowException as error:
-            if not already_exists(error):
+            # Not found: the holder released between our failed insert and the server's read of the
+            # existing model that words its error (MLflow's SQL store); take it again.
+            if not (already_exists(error) or is_missing(error)):
                 raise RegistryError(f"create the promotion lock {lock!r}", error) from error
         holder = read_holder(client, lock)
         if holder is None:

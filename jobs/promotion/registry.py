@@ -22,6 +22,7 @@ from jobs.promotion.decision import (
     PromotionRule,
     Ranking,
     assess,
+    is_score,
     logged_model_id,
     rank,
     should_promote,
@@ -137,7 +138,8 @@ def version_candidate(version, metric: str) -> Candidate:
     def number(key: str) -> float | None:
         return float(tags[key]) if key in tags else None
 
-    scores = {k: number(T.metric_tag(k)) for k in AP_METRICS if T.metric_tag(k) in tags}
+    scores = {k.removeprefix(T.METRIC_PREFIX): float(v) for k, v in tags.items()
+              if k.startswith(T.METRIC_PREFIX) and is_score(k.removeprefix(T.METRIC_PREFIX))}
     epoch, step = number(T.BEST_EPOCH), number(T.BEST_STEP)
     return Candidate(run_id=tags.get(T.RUN_ID, version.run_id or ""), metric=number(T.metric_tag(metric)),
                      val_manifest=tags.get(T.VAL_MANIFEST), version=str(version.version),

@@ -29,7 +29,9 @@ from jobs.preflight import check_tracking_server
 from jobs.spec import JobSpec
 from jobs.train.lease import LeaseLostError
 from jobs.train.progress import ProgressDisplay
-from jobs.train.resume import check_run_name, describe_differences, new_run_name, resume_changes
+from jobs.train.resume import (
+    check_run_name, describe_differences, keep_pinned_init_from, new_run_name, resume_changes,
+)
 from jobs.train.run import LeaseRef, execute, prepare_job, prepare_storage, writer_lease
 from jobs.train.tracking import (
     find_run, finish_run, recent_runs, record_spec_change, run_spec, run_url, start_or_resume_run,
@@ -58,6 +60,8 @@ class RunPlan:
     run_name: str
     existing_run_id: str | None
     """The MLflow run of the run name (None: a new run)."""
+    spec: JobSpec
+    """The spec the job runs: the one given, with a resumed run's pinned `model.init_from` kept."""
     changes: list[tuple[str, Any, Any]] = dataclasses.field(default_factory=list)
     """Spec fields the resume changes (accepted with `allow_change`)."""
 
@@ -70,7 +74,7 @@ def plan_run(spec: JobSpec, tracking_uri: str, *, resume: str | None = None, run
         raise ConfigError(f"--resume {resume} and --run-name {run_name} name two runs: give one")
     name = check_run_name(resume, "--resume") if resume else check_run_name(run_name) if run_name else None
     if name is None:
-        return RunPlan(new_run_name(spec), None)
+        return RunPlan(new_run_name(spec), None, spec)
     experiment = spec.tracking.experiment
     existing = find_run(tracking_uri, experiment, name)
     if existing is None:
@@ -79,7 +83,7 @@ def plan_run(spec: JobSpec, tracking_uri: str, *, resume: str | None = None, run
             listing = ("; its most recent runs:\n  " + "\n  ".join(recent)) if recent else " (it has no runs)"
             raise ConfigError(f"--resume {name}: no run of that name in MLflow experiment {experiment!r} "
                               f"(tracking.experiment of spec {spec.name!r}){listing}")
-        return RunPlan(name, None)
+        return RunPlan(name, None, spec)
     tags = existing.data.tags
     if tags.get("isrn.study") or tags.get("isrn.tune.role"):
         raise ConfigError(f"run {name!r} belongs to Tune study {tags.get('isrn.study')!r}: continue the study with "
@@ -92,11 +96,12 @@ def plan_run(spec: JobSpec, tracking_uri: str, *, resume: str | None = None, run
                               "resume it with the spec it was started with")
         changes: list = []
     else:
+        spec = keep_pinned_init_from(spec, started)
         changes = resume_changes(started, spec, run=name, allow_change=allow_change)
     if existing.info.status == "FINISHED" and not changes:
         raise ConfigError(f"run {name!r} finished all its {spec.train.epochs} epochs: nothing to resume. Train it "
                           f"longer with `--set train.epochs=N --allow-change`, or start a new run")
-    return RunPlan(name, existing.info.run_id, changes)
+    return RunPlan(name, existing.info.run_id, spec, changes)
 
 
 def run_training(spec: JobSpec, *, resume: str | None = None, run_name: str | None = None,
@@ -116,7 +121,8 @@ def run_training(spec: JobSpec, *, resume: str | None = None, run_name: str | No
     lease.acquire()
     run_id = None
     try:
-        job = prepare_job(spec, env)
+        job = prepare_job(plan.spec, env)
+        spec = job.spec  # as it runs: model.init_from pinned to a version
         run_id = start_or_resume_run(env.tracking_uri, spec.tracking.experiment, plan.run_name, tags=job.lineage,
                                      params=spec.flat_params(), spec_yaml=spec.to_yaml())
         if plan.changes:

@@ -15,6 +15,7 @@ end, which are fractions of the whole run's steps.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -69,6 +70,20 @@ def _canonical(value: Any) -> str:
 
 def describe_differences(differences: list[tuple[str, Any, Any]]) -> str:
     return "\n".join(f"  {field}: {_canonical(old)} -> {_canonical(new)}" for field, old, new in differences)
+
+
+def keep_pinned_init_from(spec: JobSpec, started: dict[str, Any]) -> JobSpec:
+    """`spec` with the resumed run's own `model.init_from` when the run pinned the alias `spec` names.
+
+    A run records `models:/NAME@ALIAS` as the version the alias named when it started
+    (`models:/NAME/VERSION`, jobs/lineage.py). The alias may have moved since; a resumed run loads
+    its checkpoint, not those weights, and keeps the version it records.
+    """
+    uri, pinned = spec.model.init_from or "", ((started.get("model") or {}).get("init_from") or "")
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    if not (uri.startswith("models:/") and alias and pinned.startswith(f"models:/{name}/")):
+        return spec
+    return dataclasses.replace(spec, model=dataclasses.replace(spec.model, init_from=pinned))
 
 
 def resume_changes(started: dict[str, Any], spec: JobSpec, *, run: str, allow_change: bool

@@ -13,6 +13,7 @@ keep (only while the job holds its lease), and the one rule that picks a run's m
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 import time
@@ -26,7 +27,7 @@ from jobs import metrics as M
 from jobs import tags
 from jobs.data_prep import prepare_data
 from jobs.environment import JobEnvironment
-from jobs.lineage import lineage_tags
+from jobs.lineage import lineage_tags, pin_init_from
 from jobs.preflight import check_job, check_storage, check_tracking_server
 from jobs.spec import JobSpec
 from jobs.train import faults
@@ -78,14 +79,16 @@ def prepare_job(spec: JobSpec, env: JobEnvironment, *, extra_bundles: list[dict[
                 ) -> PreparedJob:
     """Everything before the first worker: MLflow (first: its client would retry for minutes), storage,
     the spec's generated data (only when it asks for it), manifests, Ray, the cluster's capacity, and
-    the run's lineage."""
+    the run's lineage. The prepared spec is the one that runs: `model.init_from` pinned to a model
+    version (`lineage.pin_init_from`)."""
     check_tracking_server(env.tracking_uri)
     prepare_storage(spec, env)
     if spec.data.synth is not None:
         prepare_data(spec, env)
     checked = check_job(spec, env, extra_bundles=extra_bundles)
+    spec, init_from = pin_init_from(spec, env.tracking_uri)
     return PreparedJob(spec=spec, env=env, train_manifest=checked.train_manifest, val_manifest=checked.val_manifest,
-                       lineage=lineage_tags(spec, checked.fingerprints))
+                       lineage={**lineage_tags(spec, checked.fingerprints), **init_from})
 
 
 def prepare_storage(spec: JobSpec, env: JobEnvironment) -> None:
@@ -348,7 +351,19 @@ def log_best_model(job: PreparedJob, run_name: str, run_id: str, best: StoredChe
     with tempfile.TemporaryDirectory(prefix="isrn-best-") as directory:
         local = store.download(best.path, Path(directory))
         model_uri = log_detector(env.tracking_uri, run_id, local, spec, checkpoint_uri=store.url_of(best.path))
+        breakdown = breakdown_of_checkpoint(local)
     ap = {setting: float(best.metrics[name]) for setting, name in M.VAL_AP.items()}
     log_model_metrics(env.tracking_uri, run_id, model_uri, ap, epoch=best.epoch, step=best.step,
-                      val_manifest=job.lineage[tags.VAL_MANIFEST])
+                      val_manifest=job.lineage[tags.VAL_MANIFEST], breakdown=breakdown)
     return model_uri
+
+
+def breakdown_of_checkpoint(directory: Path) -> dict[str, float]:
+    """The `val_ap_hard_<subset>` metrics an evaluated checkpoint carries ({} for older checkpoints)."""
+    from isrn_model.wider_eval import WiderBreakdown
+    from jobs.train.checkpoints import BREAKDOWN_FILE
+
+    path = Path(directory) / BREAKDOWN_FILE
+    if not path.is_file():
+        return {}
+    return M.breakdown_metrics(WiderBreakdown.from_json(json.loads(path.read_text())))

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from jobs import metrics as M
+from jobs.train.collectives import broadcast_from_rank_0
 from jobs.train import faults
 from jobs.train.checkpoint_store import COMPLETE_MARKER, CheckpointStore, StoredCheckpoint, checkpoint_dir_name
 from jobs.train.lease import check_held
@@ -126,7 +127,7 @@ class RaySession:
             self._check_lease()
             for path in self.store.prune_incomplete():
                 log.warning("removed the incomplete checkpoint folder %s", path)
-        choice = broadcast_from_rank_0(choice)
+        choice = broadcast_from_rank_0(choice, self.device())
         if choice is None:
             return None
         self._restore_copy = self.store.download(choice.path, Path(tempfile.mkdtemp(prefix="isrn-restore-")))
@@ -193,15 +194,3 @@ def choose_restore(store: CheckpointStore, registered_path: str | None) -> tuple
         return registered, "registered by Ray"
     return latest, "found complete in storage, never registered by Ray"
 
-
-def broadcast_from_rank_0(value: Any) -> Any:
-    """Rank 0's `value` on every rank (a collective; the value itself without a process group)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    box = [value]
-    # NCCL moves objects through the GPU, gloo through the CPU.
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    dist.broadcast_object_list(box, src=0, device=device)
-    return box[0]

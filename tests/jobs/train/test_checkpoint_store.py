@@ -86,12 +86,14 @@ def _session_over(store: CheckpointStore, registered: str | None, monkeypatch):
     import types
 
     import ray.train
+    import torch
 
     from jobs.train.session import RaySession
 
     session = object.__new__(RaySession)
     session.rank, session.world_size, session.store = 0, 1, store
     session.faults, session.lease, session._restore_copy = (), None, None
+    session.device = lambda: torch.device("cpu")  # one rank: the broadcast is the value itself
     checkpoint = None if registered is None else types.SimpleNamespace(path=registered)
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: checkpoint)
     return session

@@ -110,3 +110,17 @@ def test_a_resume_names_an_existing_run_with_its_spec(mlflow_env):
         plan_run(longer, uri, run_name=name)
     even_longer = load_spec("smoke", [f"tracking.experiment={experiment}", "train.epochs=6"])
     assert plan_run(even_longer, uri, resume=name, allow_change=True).changes == [("train.epochs", 4, 6)]
+
+
+def test_a_resume_keeps_the_version_its_run_pinned_from_an_alias():
+    """The run started from `models:/coco@champion`, recorded as the version it named then (v3); the
+    alias has moved since. The resume loads its checkpoint: it keeps v3, and the spec compares equal."""
+    from jobs.train.resume import keep_pinned_init_from
+
+    started = load_spec("smoke", ["model.init_from=models:/coco/3"]).to_dict()
+    again = load_spec("smoke", ["model.init_from=models:/coco@champion"])
+    kept = keep_pinned_init_from(again, started)
+    assert kept.model.init_from == "models:/coco/3" and spec_differences(started, kept.to_dict()) == []
+    other = load_spec("smoke", ["model.init_from=models:/other@champion"])
+    assert keep_pinned_init_from(other, started).model.init_from == "models:/other@champion"  # another model
+    assert keep_pinned_init_from(load_spec("smoke"), started).model.init_from is None

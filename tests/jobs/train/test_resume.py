@@ -81,9 +81,9 @@ def test_a_resume_names_an_existing_run_with_its_spec(mlflow_env):
                                           r"RUNNING  started"):
         plan_run(spec, uri, resume=name + "x")
     # --run-name of a name that does not exist: a new run under it.
-    assert plan_run(spec, uri, run_name="fresh-name") == RunPlan("fresh-name", None)
+    assert plan_run(spec, uri, run_name="fresh-name") == RunPlan("fresh-name", None, spec)
     # The same spec resumes; another is refused with its fields, or accepted where a run may change.
-    assert plan_run(spec, uri, resume=name) == RunPlan(name, run_id)
+    assert plan_run(spec, uri, resume=name) == RunPlan(name, run_id, spec)
     assert plan_run(spec, uri, run_name=name).existing_run_id == run_id
     other = load_spec("smoke", [f"tracking.experiment={experiment}", "optim.lr=0.05"])
     with pytest.raises(ConfigError, match=r"never change within a run.*\n  optim.lr: 0.01 -> 0.05"):

@@ -31,6 +31,14 @@ INIT_FROM_RUN = "isrn.init_from.run_id"
 MODEL_URI = "isrn.model_uri"
 BEST_CHECKPOINT = "isrn.best_checkpoint"
 
+# ---- what happened to a run
+STORAGE_OUTAGES = "isrn.storage_outages"
+"""How many checkpoint-storage outages the run survived (absent: none)."""
+FAULT_PLAN = "isrn.fault_plan"
+"""The fault-injection plan that was active in the run (jobs/train/faults.py; a test's, never a user's)."""
+SPEC_CHANGES = "isrn.spec_changes"
+"""The spec fields a resume changed (`isrn train --resume RUN --allow-change`), oldest first."""
+
 # ---- Tune studies
 STUDY = "isrn.study"
 TRIAL_ID = "isrn.trial_id"

@@ -58,6 +58,7 @@ from jobs.cli import main
 from jobs.environment import JobEnvironment
 from jobs.errors import ConfigError, ServiceUnavailableError
 from jobs.spec import load_spec
+from jobs.train import faults
 from tests.conftest import free_ports
 
 # ---------------------------------------------------------------- outcomes
@@ -1028,6 +1029,22 @@ CASES = [
     case("spec-variable-unset", spec_file("name: x\ndata: {shards: 's3://${ISRN_CORPUS_UNSET}/x'}\n"), train_dry_run(),
          Error(r"job\.yaml: data\.shards: \$\{ISRN_CORPUS_UNSET\} is not set",
                r"export ISRN_CORPUS_UNSET, or write \$\{ISRN_CORPUS_UNSET:-DEFAULT\}")),
+    # A credential in a spec would be printed by --dry-run and logged to MLflow: refused by name, set or not.
+    case("spec-variable-credential", spec_file("name: x\ndata: {shards: 's3://b/${AWS_SECRET_ACCESS_KEY}'}\n"),
+         train_dry_run(), Error(r"data\.shards: \$\{AWS_SECRET_ACCESS_KEY\} names a credential, which a spec may "
+                                r"not read", r"write the value the field needs instead")),
+    case("spec-variable-token-with-default", spec_file("name: x\ntracking: {experiment: '${MLFLOW_TRACKING_TOKEN:-t}'}\n"),
+         train_dry_run(), Error(r"tracking\.experiment: \$\{MLFLOW_TRACKING_TOKEN\} names a credential",
+                                r"read it from their own environment")),
+    case("run-name-not-a-folder-name", nothing, lambda row, _: isrn("train", "smoke", "--run-name", "a/b", "--dry-run"),
+         Error(r"--run-name 'a/b': a run name is 1 to 128 letters", r"starting with a letter or digit")),
+    case("resume-and-run-name-differ", nothing,
+         lambda row, _: isrn("train", "smoke", "--resume", "a", "--run-name", "b", "--dry-run"),
+         Error(r"--resume a and --run-name b name two runs", r"give one")),
+    case("fault-plan-unknown-point", nothing,
+         api(lambda row: faults.plan_from_env({faults.PLAN_VARIABLE: '[{"point": "step_ends", "step": 3}]'}),
+             ValueError),
+         Error(r"ISRN_FAULT_PLAN: .*unknown fault point 'step_ends'", r"point one of checkpoint_uploaded, step_end")),
 
     # ---- job preparation (before any worker starts), on the published splits
     case("prep-batch-the-split-cannot-fill", nothing, read_fingerprints("loader.batch_size=2", "scaling.num_workers=2"),

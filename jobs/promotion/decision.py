@@ -151,8 +151,15 @@ class Ranking:
     """(run id, why it is not a candidate), in the order the records came."""
 
 
-def rank(records: Iterable[ModelRecord], rule: PromotionRule) -> Ranking:
-    """The best candidate by the rule's metric (ties: the run that finished last) and the runs left out."""
+def rank(records: Iterable[ModelRecord], rule: PromotionRule, champion_manifest: str | None = None) -> Ranking:
+    """The best candidate by the rule's metric (ties: the run that finished last) and the runs left out.
+
+    APs compare only on one val set: candidates are the runs evaluated on `champion_manifest` (the
+    champion's val manifest), or with no champion on the newest one (that of the candidate that
+    finished last). The others are left out with the manifest they were evaluated on: the best AP
+    over every manifest would be a winner the champion cannot be compared with, hiding a comparable
+    run that beats it.
+    """
     scored: list[tuple[ModelRecord, Candidate]] = []
     rejected: list[tuple[str, str]] = []
     for record in records:
@@ -161,6 +168,17 @@ def rank(records: Iterable[ModelRecord], rule: PromotionRule) -> Ranking:
             scored.append((record, outcome))
         else:
             rejected.append((record.run_id, outcome))
+    if champion_manifest is not None:
+        reference, whose = champion_manifest, "the champion's"
+    else:
+        newest = max(scored, key=lambda pair: pair[0].end_time, default=None)
+        reference = newest[1].val_manifest if newest else None
+        whose = "the newest (no champion yet: that of the candidate that finished last)"
+    comparable = [pair for pair in scored if pair[1].val_manifest == reference]
+    rejected += [(candidate.run_id, f"evaluated on val manifest {candidate.val_manifest}, not on {whose} "
+                                    f"{reference}: its AP is not comparable")
+                 for _, candidate in scored if candidate.val_manifest != reference]
+    scored = comparable
     sign = 1.0 if rule.higher_is_better else -1.0
     best = max(scored, key=lambda pair: (sign * pair[1].metric, pair[0].end_time), default=None)
     return Ranking(best=best[1] if best else None, candidates=tuple(c for _, c in scored), rejected=tuple(rejected))

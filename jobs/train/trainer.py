@@ -68,6 +68,9 @@ class WorkerJob:
     """A `ray.util.queue.Queue` the driver draws progress from (None: no display)."""
     verbose: bool = False
     """Keep Ray Train's per-report INFO lines (`isrn -v`)."""
+    lease: dict[str, str] | None = None
+    """The writer lease the driver holds (`{"path", "holder"}`, jobs/train/lease.py): rank 0 checks it
+    before it prunes or uploads a checkpoint. None: no check (one process, no Ray)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,12 @@ import pytest
 from jobs import tags as T
 from jobs.local_platform import Platform
 
+SHELL_CANARY = "ISRN_TEST_SHELL_CANARY"
+"""Exported here, at collection, so every local platform this session starts is started from a shell
+that has it: no job may see it (tests/jobs/local_platform/test_local_platform.py), as a token or a
+fault plan exported before `isrn platform up` must not reach one."""
+os.environ.setdefault(SHELL_CANARY, "exported-before-platform-up")
+
 
 @pytest.fixture
 def ray_shutdown():

@@ -36,9 +36,20 @@ BUCKETS = {"data.shards": "ISRN_SHARDS_BUCKET", "checkpoint.storage": "ISRN_CHEC
 def _command(job: dict) -> tuple[str, str]:
     """(isrn subcommand, spec path) of a RayJob's entrypoint."""
     argv = shlex.split(job["spec"]["entrypoint"])
-    assert argv[0] == "isrn" and argv[1] in {"train", "tune"} and len(argv) == 3, argv
+    # The run (study) is named after the RayJob, so that a retry continues it.
+    name_flag = {"train": "--run-name", "tune": "--name"}.get(argv[1])
+    assert argv[0] == "isrn" and name_flag and argv[3:] == [name_flag, job["metadata"]["name"]], argv
     assert re.fullmatch(r"jobs/specs/[\w.-]+\.yaml", argv[2]), argv[2]
     return argv[1], argv[2]
+
+
+def test_a_rayjob_with_a_cluster_of_its_own_retries_its_pinned_run(jobs_overlay: str, objects: list[dict]) -> None:
+    """A lost head pod or driver retries the job on a new cluster, which continues the run by its
+    pinned name; KubeRay refuses retries on an existing cluster (clusterSelector)."""
+    for job in (o for o in objects if o["kind"] == "RayJob"):
+        _command(job)  # names its run after the RayJob
+        own_cluster = "rayClusterSpec" in job["spec"]
+        assert (job["spec"].get("backoffLimit", 0) >= 1) is own_cluster, (job["metadata"]["name"], job["spec"])
 
 
 def test_jobs_overlays_run_train_and_tune(render, jobs_overlay: str) -> None:

@@ -1,4 +1,5 @@
-"""8 promotions racing, as 4 threads and 4 `isrn promote` processes, on SQLite and on PostgreSQL.
+"""8 promotions racing, as 4 threads and 4 `isrn promote` processes, on SQLite and on PostgreSQL; and
+6 promotions racing to break one stale lock, on both.
 
 The lock's atomicity is the tracking database's, so the race runs against the local platform's
 MLflow (SQLite, one worker) and against an MLflow server with 2 workers on a PostgreSQL that this
@@ -31,7 +32,8 @@ from pathlib import Path
 import pytest
 
 from jobs import tags as T
-from jobs.promotion import CHAMPION, PREVIOUS, describe, lock_name, promote
+from jobs.promotion import CHAMPION, PREVIOUS, LockPolicy, describe, lock_name, promote
+from jobs.promotion.lock import promotion_lock
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -229,3 +231,56 @@ def test_eight_promotions_race_on_postgresql(postgres_mlflow, new_experiment, tr
     monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_mlflow)
     with _use_tracking_uri(postgres_mlflow):  # later tests get the session's server back
         _race(postgres_mlflow, MlflowClient(postgres_mlflow), new_experiment, training_run, "PostgreSQL")
+
+
+BREAKERS, STALE_S = 6, 4.0
+
+
+def _race_to_break_a_stale_lock(uri: str, store: str) -> None:
+    """A crashed promotion's lock, stale by the server's clock; 6 promotions start at once. Exactly one
+    breaks it (the rename succeeds for one caller), every one then holds the lock in turn, never two
+    at once, and neither the lock nor a tombstone is left."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    model = f"stale-{store.lower()}-{uuid.uuid4().hex[:6]}"
+    client.create_registered_model(lock_name(model), tags={T.LOCK_OWNER: "crashed-host:4242:deadbeef"})
+    time.sleep(STALE_S + 1.5)  # stale by the server's clock, whose Date header has whole seconds
+    policy = LockPolicy(stale_s=STALE_S, wait_s=120.0, poll_s=0.2)
+    start, held, errors, inside = threading.Barrier(BREAKERS), [], [], []
+
+    def racer() -> None:
+        mine = MlflowClient(uri)
+        start.wait()
+        try:
+            with promotion_lock(mine, model, policy, uri) as lock:
+                inside.append(1)
+                assert len(inside) == 1, "two promotions held the lock at once"
+                held.append(lock)
+                time.sleep(0.05)
+                inside.pop()
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=racer) for _ in range(BREAKERS)]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert not errors, errors
+    assert len(held) == BREAKERS
+    broken = [holder.owner for lock in held for holder in lock.broken]
+    assert broken == ["crashed-host:4242:deadbeef"], broken  # broken once, by one of them
+    assert not client.search_registered_models(f"name LIKE '{lock_name(model)}%'")  # no lock, no tombstone
+    print(f"\n[{store}] {BREAKERS} promotions raced to break one stale lock: broken once, all held it in turn "
+          f"in {time.monotonic() - began:.1f} s")
+
+
+def test_a_stale_lock_is_broken_once_on_sqlite(mlflow_env) -> None:
+    uri, _ = mlflow_env
+    _race_to_break_a_stale_lock(uri, "SQLite")
+
+
+def test_a_stale_lock_is_broken_once_on_postgresql(postgres_mlflow) -> None:
+    _race_to_break_a_stale_lock(postgres_mlflow, "PostgreSQL")

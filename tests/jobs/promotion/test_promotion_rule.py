@@ -91,6 +91,23 @@ def test_rank_takes_the_best_model_and_lists_the_others() -> None:
     assert rank([record("b", None)], RULE).best is None
 
 
+def test_rank_compares_only_models_evaluated_on_the_champions_val_set() -> None:
+    """The best AP over every val manifest (0.9, on val-new) could not be compared with the champion's
+    and would hide b, the best of those that can (0.6 on the champion's val-aaaa)."""
+    records = [record("a", {"val_ap_hard": 0.9}, manifest="val-new", end=9), record("b", {"val_ap_hard": 0.6}),
+               record("c", {"val_ap_hard": 0.4})]
+    ranking = rank(records, RULE, champion_manifest=VAL)
+    assert ranking.best is not None and ranking.best.run_id == "b"
+    assert [c.run_id for c in ranking.candidates] == ["b", "c"]
+    (run, why), = ranking.rejected
+    assert run == "a" and "evaluated on val manifest val-new, not on the champion's val-aaaa" in why
+    # No champion: the newest manifest (of the candidate that finished last) is the reference.
+    newest = rank(records, RULE)
+    assert newest.best is not None and newest.best.run_id == "a"
+    assert sorted(r for r, _ in newest.rejected) == ["b", "c"]
+    assert "not on the newest" in newest.rejected[0][1]
+
+
 def test_rule_rejects_a_negative_margin() -> None:
     with pytest.raises(ValueError, match="margin"):
         PromotionRule(margin=-0.1)

@@ -129,6 +129,7 @@ def main() -> None:
             print(" ".join(command(row, args.spec)))
             continue
         result = run_row(row, args.spec, args.results.parent / "demo-ablation-logs")
+        results = json.loads(args.results.read_text()) if args.results.is_file() else []  # others may have written
         results = [r for r in results if r["row"] != row] + [result]
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=1))

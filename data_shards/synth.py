@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 
 from data_shards.config import SynthConfig
-from data_shards.synth_person import Person, render_person
+from data_shards.synth_person import Person, Template, render_person
 from data_shards.wider_layout import SETTINGS, Face, ImageRecord, format_bbx_gt
 
 log = logging.getLogger(__name__)
@@ -163,11 +163,39 @@ def _render_face(rng: np.random.Generator, identity: int, w: int, h: int) -> tup
     return np.clip(face, 0, 255), mask
 
 
-def _render(rng: np.random.Generator, identity: int, w: int, h: int, style: str) -> Person:
-    """The sprite of one face whose box is w x h, as `SynthConfig.faces` asks."""
-    if style == "lfw":
+TEMPLATE_FACE_WIDTH = 96
+"""Faces at most this wide are shrunk from people drawn once per split at this width (area averaging
+keeps them as sharp as drawing them at their size, at a fraction of the cost); wider faces are drawn
+at their own size."""
+
+
+@lru_cache(maxsize=4)
+def _templates(seed: int, split: str, count: int) -> tuple[Template, ...]:
+    """The split's `count` people drawn at TEMPLATE_FACE_WIDTH, each from its own seeded generator
+    and one of the split's LFW identities as texture (a pure function of its arguments)."""
+    identities = _identities(split)
+    out = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, 11, _SPLIT_IDS[split], i])
+        texture = _lfw_faces()[identities[i % len(identities)]]
+        if rng.random() < 0.5:
+            texture = texture[:, ::-1]
+        w = TEMPLATE_FACE_WIDTH
+        out.append(Template.of(render_person(rng, w, int(round(w * _FACE_ASPECT)), texture)))
+    return tuple(out)
+
+
+def _render(rng: np.random.Generator, split: str, seed: int, config: SynthConfig, w: int, h: int) -> Person:
+    """The sprite of one face whose box is w x h, as `config.faces` asks."""
+    identity = int(rng.choice(_identities(split)))
+    if config.faces == "lfw":
         face, mask = _render_face(rng, identity, w, h)
         return Person(face, mask, mask, mask, (0, 0, w, h))
+    if w <= TEMPLATE_FACE_WIDTH and h <= int(round(TEMPLATE_FACE_WIDTH * _FACE_ASPECT)):
+        templates = _templates(seed, split, config.person_templates)
+        person = templates[rng.integers(len(templates))].at(w, h, flip=bool(rng.random() < 0.5))
+        gain = rng.uniform(0.9, 1.1, 3).astype(np.float32)  # each use of a person a little differently lit
+        return replace(person, colour=np.clip(person.colour * gain, 0, 255))
     texture = _lfw_faces()[identity]
     if rng.random() < 0.5:
         texture = texture[:, ::-1]
@@ -205,21 +233,20 @@ def _extent(alpha: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int
 def _paste(image: np.ndarray, colour: np.ndarray, alpha: np.ndarray, x: int, y: int, *, to_bottom: bool = False) -> None:
     """Alpha-blend a sprite whose top-left corner lands at (x, y), clipped to the image, in place.
 
-    to_bottom: repeat the sprite's last row down to the image's bottom edge (a body goes on below
+    to_bottom: the sprite's last row goes on down to the image's bottom edge (a body continues below
     the sprite instead of ending in mid-air)."""
     H, W = image.shape[:2]
     h, w = alpha.shape
-    if to_bottom and y + h < H:
-        rows = H - (y + h)
-        colour = np.concatenate([colour, np.repeat(colour[-1:], rows, axis=0)])
-        alpha = np.concatenate([alpha, np.repeat(alpha[-1:], rows, axis=0)])
-        h = H - y
-    x0, y0, x1, y1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
-    if x0 >= x1 or y0 >= y1:
+    x0, x1 = max(0, x), min(W, x + w)
+    if x0 >= x1:
         return
-    a = alpha[y0 - y : y1 - y, x0 - x : x1 - x, None]
-    region = image[y0:y1, x0:x1]
-    image[y0:y1, x0:x1] = region * (1 - a) + colour[y0 - y : y1 - y, x0 - x : x1 - x] * a
+    y0, y1 = max(0, y), min(H, y + h)
+    if y0 < y1:
+        region = image[y0:y1, x0:x1]
+        region += alpha[y0 - y : y1 - y, x0 - x : x1 - x, None] * (colour[y0 - y : y1 - y, x0 - x : x1 - x] - region)
+    if to_bottom and y + h < H:
+        below = image[max(0, y + h) :, x0:x1]
+        below += alpha[-1, x0 - x : x1 - x, None] * (colour[-1, x0 - x : x1 - x] - below)
 
 
 def _occlude(rng: np.random.Generator, image: np.ndarray, box: tuple[int, int, int, int], fraction: float) -> None:
@@ -260,7 +287,6 @@ def generate_image(split: str, index: int, seed: int, config: SynthConfig = Synt
     W = config.image_width
     H = int(round(W * rng.uniform(0.56, 1.0) / 2) * 2)
     image = _background(rng, W, H)
-    identities = _identities(split)
 
     regime = rng.random()
     if regime < config.empty_prob:
@@ -285,7 +311,7 @@ def generate_image(split: str, index: int, seed: int, config: SynthConfig = Synt
         illumination = int(rng.random() < 0.08)
         pose = int(rng.random() < 0.08)
         invalid = int(rng.random() < 0.03)
-        person = _render(rng, int(rng.choice(identities)), w, h, config.faces)
+        person = _render(rng, split, seed, config, w, h)
         if pose:
             person = _rotate(person, float(rng.uniform(25, 45) * rng.choice((-1, 1))))
         fx, fy, fw, fh = person.box

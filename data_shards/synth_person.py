@@ -270,7 +270,61 @@ def render_person(rng: np.random.Generator, w: int, h: int, texture: np.ndarray 
     colour[region] = colour[region] * (1 - a3) + head_colour * a3
     head_alpha[region] = head_alpha_local
     np.maximum(body_alpha, head_alpha, out=body_alpha)
-    fy, fx = (np.arange(height, dtype=np.float32) + 0.5 - (by + h / 2.0)) / (h / 2.0), \
-        (np.arange(width, dtype=np.float32) + 0.5 - (bx + w / 2.0)) / (w / 2.0)
-    face_mask = np.clip((1.0 - np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)) / 0.12 + 0.5, 0.0, 1.0).astype(np.float32)
-    return Person(np.clip(colour, 0, 255), body_alpha, head_alpha, face_mask, (bx, by, w, h))
+    box = (bx, by, w, h)
+    return Person(np.clip(colour, 0, 255), body_alpha, head_alpha, face_ellipse(height, width, box), box)
+
+
+def face_ellipse(height: int, width: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """float32 [height, width]: the ellipse inscribed in `box` (x, y, w, h), edge soft over ~12 % of
+    its radius; 0.5 on the ellipse itself, so its > 0.5 extent is the box."""
+    x, y, w, h = box
+    fy = (np.arange(height, dtype=np.float32) + 0.5 - (y + h / 2.0)) / (h / 2.0)
+    fx = (np.arange(width, dtype=np.float32) + 0.5 - (x + w / 2.0)) / (w / 2.0)
+    return np.clip((1.0 - np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)) / 0.12 + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A person drawn once at a reference size and kept compact, to be shrunk for each use.
+
+    levels: the drawing and its successive halvings (area-averaged), each (colour uint8 [H, W, 3] BGR,
+    alphas uint8 [H, W, 2] body and head alpha 0..255, face box (x, y, w, h)), largest first; a use
+    shrinks the smallest level still at least its size, so no shrink averages more than 2 x 2 pixels
+    into one beyond what the camera-like halvings already did.
+    """
+
+    levels: tuple[tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]], ...]
+
+    @classmethod
+    def of(cls, person: Person, smallest_face: int = 12) -> Template:
+        colour = np.round(person.colour).astype(np.uint8)
+        alphas = np.round(np.stack([person.body_alpha, person.head_alpha], axis=2) * 255).astype(np.uint8)
+        box = person.box
+        levels = [(colour, alphas, box)]
+        while box[2] >= 2 * smallest_face:
+            height, width = alphas.shape[:2]
+            size = (width // 2, height // 2)
+            colour = cv2.resize(colour, size, interpolation=cv2.INTER_AREA)
+            alphas = cv2.resize(alphas, size, interpolation=cv2.INTER_AREA)
+            box = tuple(v / 2 for v in box)
+            levels.append((colour, alphas, box))
+        return cls(tuple(levels))
+
+    def at(self, w: int, h: int, flip: bool) -> Person:
+        """This person with a `w` x `h` face box, shrunk with area averaging: as sharp at its pasted
+        size as a camera would make it (never enlarged: at most the drawing's own face box)."""
+        top = self.levels[0][2]
+        if w > top[2] or h > top[3]:
+            raise ValueError(f"template face box {top[2]} x {top[3]} is smaller than the {w} x {h} asked")
+        colour, alphas, (bx, by, bw, bh) = next(lv for lv in reversed(self.levels) if lv[2][2] >= w and lv[2][3] >= h)
+        sx, sy = w / bw, h / bh
+        height, width = alphas.shape[:2]
+        size = (max(w, round(width * sx)), max(h, round(height * sy)))
+        colour = cv2.resize(colour, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+        alphas = cv2.resize(alphas, size, interpolation=cv2.INTER_AREA).astype(np.float32) * np.float32(1 / 255)
+        x, y = min(round(bx * sx), size[0] - w), min(round(by * sy), size[1] - h)
+        if flip:
+            colour, alphas, x = colour[:, ::-1], alphas[:, ::-1], size[0] - x - w
+        box = (x, y, w, h)
+        return Person(np.ascontiguousarray(colour), np.ascontiguousarray(alphas[:, :, 0]),
+                      np.ascontiguousarray(alphas[:, :, 1]), face_ellipse(size[1], size[0], box), box)

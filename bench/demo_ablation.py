@@ -43,6 +43,9 @@ ROWS: dict[str, tuple[str, dict[str, object]]] = {
     "no-zoom": ("person faces; DAS 0.5, no zoom-out", {**RECIPE, "loader.augment.zoom_out_prob": 0.0}),
     "neither": ("person faces; no DAS, no zoom-out", {**NEITHER}),
     "neither-6ep": ("person faces; no DAS, no zoom-out, 6 epochs", {**NEITHER, "train.epochs": 6}),
+    "neither-b4-6ep": ("person faces; no DAS, no zoom-out, batch 4 per worker, 6 epochs (300 steps of 8 images)",
+                       {**NEITHER, "loader.batch_size": 4, "train.epochs": 6, "eval.every_epochs": 3,
+                        "checkpoint.every_steps": 100}),
     "neither-384": ("person faces; no DAS, no zoom-out, 384² crops",
                     {**NEITHER, "loader.augment.out_size": 384}),
 }

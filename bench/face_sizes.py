@@ -10,9 +10,10 @@ use. The val faces are measured after the val loader's resize (long side at most
 detector's 12 anchor sizes (8 … 362 px; bin edges at the geometric midpoints, so a face falls in
 the bin of the anchor nearest to it in ratio, as data-anchor-sampling assigns it).
 
-Settings: the spec's own ``loader.augment`` ("spec"), then a few one-switch changes of it that the
-demo's choice rests on; ``--set FIELD=VALUE`` (repeatable, fields of ``loader.augment``) adds one
-more setting with all of its overrides. Printed per setting: the share of training faces per anchor
+Settings: the spec's own ``loader.augment`` ("spec"), then the spec's with the switches the demo's
+choice rests on set as each row names (ISRN's recipe, each of its two face-shrinking steps alone,
+neither, ...); ``--set FIELD=VALUE`` (repeatable, fields of ``loader.augment``) adds one more
+setting with all of its overrides. Printed per setting: the share of training faces per anchor
 bin next to the val shares, and summaries: the median training face, the share of training faces at
 least as large as the val Easy set's median face, and "coverage" — for each val Easy face, how many
 training faces (per train image and draw) fall in its anchor bin, averaged over the val Easy faces.
@@ -35,15 +36,19 @@ from jobs.spec import load_spec
 
 SETTINGS = ("easy", "medium", "hard")
 
-ONE_SWITCH = (
-    ("no DAS", {"data_anchor_sampling_prob": 0.0}),
-    ("no zoom-out", {"zoom_out_prob": 0.0}),
-    ("no DAS, no zoom-out", {"data_anchor_sampling_prob": 0.0, "zoom_out_prob": 0.0}),
-    ("DAS allow larger, jitter 2", {"das_allow_larger": True, "das_size_jitter": 2.0}),
-    ("zoom-out 0.3, max 2", {"zoom_out_prob": 0.3, "zoom_out_max": 2.0}),
-    ("no DAS, no zoom-out, out 384", {"data_anchor_sampling_prob": 0.0, "zoom_out_prob": 0.0, "out_size": 384}),
+_RECIPE = {"data_anchor_sampling_prob": 0.5, "zoom_out_prob": 1.0}
+_NEITHER = {"data_anchor_sampling_prob": 0.0, "zoom_out_prob": 0.0}
+COMPARED = (
+    ("recipe: DAS 0.5, zoom-out always", _RECIPE),
+    ("zoom-out only", {**_RECIPE, "data_anchor_sampling_prob": 0.0}),
+    ("DAS only", {**_RECIPE, "zoom_out_prob": 0.0}),
+    ("neither", _NEITHER),
+    ("recipe, DAS allow larger, jitter 2", {**_RECIPE, "das_allow_larger": True, "das_size_jitter": 2.0}),
+    ("DAS 0.5, zoom-out 0.3 up to 2x", {**_RECIPE, "zoom_out_prob": 0.3, "zoom_out_max": 2.0}),
+    ("neither, out 384", {**_NEITHER, "out_size": 384}),
 )
-"""The settings compared besides the spec's own: each changes the switches named."""
+"""The settings compared besides the spec's own: the spec's with these fields set (the recipe is
+ISRN.md's; the spec's other fields, such as its crop, stay)."""
 
 
 def face_size(boxes: np.ndarray) -> np.ndarray:
@@ -114,7 +119,7 @@ def main() -> None:
                 val_sizes[setting].append(float(size))
     val = {s: np.array(v) for s, v in val_sizes.items()}
 
-    settings = [("spec", base)] + [(name, replace(base, **changes)) for name, changes in ONE_SWITCH]
+    settings = [("spec", base)] + [(name, replace(base, **changes)) for name, changes in COMPARED]
     if args.overrides:
         settings.append(("--set " + " ".join(args.overrides), replace(base, **parse_overrides(args.overrides))))
     trained = {name: train_faces(train, cfg, args.draws) for name, cfg in settings}

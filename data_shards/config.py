@@ -120,9 +120,9 @@ class SynthConfig(Section):
     one light, hair, features; ``data_shards.synth_person``) with a real LFW face as a faint texture.
     "lfw": the 25 px grey LFW crop itself, tinted and scaled up in a soft ellipse (the generator
     before "person"; a detector trained on it finds no face in a real photograph)."""
-    person_templates: int = Field(default=120, gt=0)
+    person_templates: int = Field(default=48, gt=0)
     """"person": people drawn per split at a 96 px face and shrunk for every face up to that width
-    (wider ones are drawn at their size); more gives more distinct people, ~15 ms of CPU each."""
+    (wider ones are drawn at their size); more gives more distinct people at ~15 ms of CPU each."""
 
     def __post_init__(self) -> None:
         if self.min_face > self.max_face:

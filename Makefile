@@ -31,9 +31,17 @@ platform-up: setup
 platform-down:
 	$(ISRN) platform down
 
-# The main job end to end on the local platform (about 15 minutes on 2 CPU cores): train ISRN on a
-# generated WIDER-format set with 2 Ray workers, a small Ray Tune search, promotion of the best run
-# to the registry (isrn-face@champion), and detection on generated val images with the champion.
+# The main job end to end on the local platform (bench/demo_timing.py times it from a fresh clone):
+# train ISRN on a generated WIDER-format set with 2 Ray workers, a small Ray Tune search, promotion
+# of the best run to the registry (isrn-face@champion), and detection with the champion on three
+# generated val images: the first, in file order, whose every face counts in the Medium setting
+# (at least 20 px tall, blur and occlusion at most moderate), so each face shown is one the demo's
+# detector should find.
+DEMO_IMAGES = from data_shards.synth import face_settings; from data_shards.wider_layout import WiderLayout; \
+	layout = WiderLayout("data/demo"); records = sorted(layout.records("val"), key=lambda r: r.path); \
+	shown = [r for r in records if r.faces and all("medium" in face_settings(f) for f in r.faces)][:3]; \
+	print(" ".join(str(layout.image_path("val", r)) for r in shown))
+
 demo: platform-up
 	@# The generated data set (data/demo) and its shards in the platform's S3; either is made again
 	@# (same seed, same images) when missing.
@@ -41,7 +49,7 @@ demo: platform-up
 	$(ISRN) train demo
 	$(ISRN) tune tune-smoke
 	$(ISRN) promote demo
-	$(ISRN) detect $$(ls data/demo/WIDER_val/images/*/*.jpg | head -n 3) --out demo-detections
+	$(ISRN) detect $$($(PY) -c '$(DEMO_IMAGES)') --out demo-detections
 	@echo
 	@echo "Detections:    demo-detections/ (JSON boxes and annotated images)"
 	@echo "MLflow UI:     http://127.0.0.1:$${ISRN_MLFLOW_PORT:-5000}"

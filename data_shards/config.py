@@ -10,6 +10,8 @@ Provenance tags as in ``shared/ISRN.md``: [code], [paper], [notes], and [ours] f
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from isrn_model.section import Section, config_section, unit_field
@@ -113,6 +115,14 @@ class SynthConfig(Section):
     """Train only: probability per image of one extra w = 0 annotation (a real WIDER quirk)."""
     jpeg_quality: tuple[int, int] = (80, 95)
     """JPEG quality drawn uniformly from this range (inclusive)."""
+    faces: Literal["person", "lfw"] = "person"
+    """What is pasted per face. "person": a head and shoulders drawn at the pasted size (skin tones,
+    one light, hair, features; ``data_shards.synth_person``) with a real LFW face as a faint texture.
+    "lfw": the 25 px grey LFW crop itself, tinted and scaled up in a soft ellipse (the generator
+    before "person"; a detector trained on it finds no face in a real photograph)."""
+    person_templates: int = Field(default=48, gt=0)
+    """"person": people drawn per split at a 96 px face and shrunk for every face up to that width
+    (wider ones are drawn at their size); more gives more distinct people at ~15 ms of CPU each."""
 
     def __post_init__(self) -> None:
         if self.min_face > self.max_face:

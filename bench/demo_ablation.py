@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "isrn-demo-ablation"
 
 RECIPE = {"loader.augment.data_anchor_sampling_prob": 0.5, "loader.augment.zoom_out_prob": 1.0}
-"""The augmentation ISRN.md states, which the demo spec used before it had its own."""
+"""The augmentation docs/model.md states, which the demo spec used before it had its own."""
 NEITHER = {"loader.augment.data_anchor_sampling_prob": 0.0, "loader.augment.zoom_out_prob": 0.0}
 
 ROWS: dict[str, tuple[str, dict[str, object]]] = {

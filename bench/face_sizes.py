@@ -48,7 +48,7 @@ COMPARED = (
     ("neither, out 384", {**_NEITHER, "out_size": 384}),
 )
 """The settings compared besides the spec's own: the spec's with these fields set (the recipe is
-ISRN.md's; the spec's other fields, such as its crop, stay)."""
+docs/model.md's; the spec's other fields, such as its crop, stay)."""
 
 
 def face_size(boxes: np.ndarray) -> np.ndarray:

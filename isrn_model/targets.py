@@ -8,7 +8,7 @@ the number of faces:
   regression (smooth-L1 against the anchors) on STR levels.
 * **Step 2** — match the second-step references (anchors on non-STR levels, step-1-refined boxes on STR
   levels, detached) with the step-2 band (0.4 / 0.5). Classification on every level, but on STC levels
-  only on anchors whose step-1 background confidence is below θ (face probability > 1 − θ) [ISRN.md
+  only on anchors whose step-1 background confidence is below θ (face probability > 1 − θ) [docs/model.md
   "STC"]; regression of every positive against its reference: STC filters classification only
   (``LossConfig.stc_filter_regression`` also filters regression [ours, the earlier behaviour]).
 

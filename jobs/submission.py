@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 SPEC_FILE = "job_spec.yaml"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-"""What Ray's JobSubmissionClient prefers to the address it is handed (shared/PLATFORM.md)."""
+"""What Ray's JobSubmissionClient prefers to the address it is handed (docs/platform-notes.md)."""
 
 
 class SubmissionError(ValueError):
@@ -139,7 +139,7 @@ def build_submission(spec: JobSpec, command: str, *, local: bool, python: str | 
 
     The resolved spec travels as the job's working_dir (uploaded by Ray), so the cluster runs exactly
     what was validated here. The entrypoint runs in a shell on the head, where `python` may be the
-    system interpreter (shared/PLATFORM.md): on the local head it is this environment's.
+    system interpreter (docs/platform-notes.md): on the local head it is this environment's.
     """
     interpreter = python or (sys.executable if local else "python")
     working_dir = Path(tempfile.mkdtemp(prefix="isrn-submit-"))

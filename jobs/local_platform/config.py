@@ -32,7 +32,7 @@ def default_state_dir() -> Path:
 class S3Config(Section):
     port: int = 8333
     """The S3 API. SeaweedFS moves to the next port when one is busy, so every port it opens is
-    pinned and checked before start (shared/PLATFORM.md)."""
+    pinned and checked before start (docs/platform-notes.md)."""
     master_port: int = 9333
     volume_port: int = 8080
     filer_port: int = 8888

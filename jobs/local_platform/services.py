@@ -163,7 +163,7 @@ class Platform:
             f"-filer.port={s3.filer_port}", f"-filer.port.grpc={s3.filer_port + 10000}",
             f"-webdav.port={s3.webdav_port}", f"-admin.port={s3.admin_port}",
             f"-admin.port.grpc={s3.admin_port + 10000}",
-            # A busy 8181/9101 would kill the server (shared/PLATFORM.md); we use neither.
+            # A busy 8181/9101 would kill the server (docs/platform-notes.md); we use neither.
             "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]
         env = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}

@@ -93,7 +93,7 @@ def test_str_matches_the_refined_box_not_the_raw_anchor():
 def test_stc_filters_second_step_classification_only_unless_asked():
     # Face exactly on A1 = [100, 100, 110, 110], whose first-step face probability 0.0067 ≤ 0.01: STC
     # removes A1 from the step-2 classification loss. Its step-2 regression (dx = 0.5 against a target
-    # of 0) still counts, as ISRN.md says: smooth-L1(0.5, β = 1/9) = 0.5 − 0.5 · (1/9) = 0.44444.
+    # of 0) still counts, as docs/model.md says: smooth-L1(0.5, β = 1/9) = 0.5 − 0.5 · (1/9) = 0.44444.
     gt = [torch.tensor([[100.0, 100.0, 110.0, 110.0]])]
     out = _outputs()
     out.box2[0] = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]]], requires_grad=True)

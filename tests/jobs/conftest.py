@@ -1,6 +1,6 @@
 """Promotion fixtures: the session's MLflow server, and training-like runs logged the way training logs them.
 
-`training_run` follows the contract of issue #12: the best evaluated checkpoint is the run's
+`training_run` follows the platform's contract: the best evaluated checkpoint is the run's
 LoggedModel (`mlflow.pytorch.log_model(name="model")`, its URI in tag `jobs.tags.MODEL_URI`) and carries
 its own `val_ap_*` (`log_model_metrics`); the run's own last `val_ap_hard` is deliberately another
 number, the last evaluation's, which promotion must not use.

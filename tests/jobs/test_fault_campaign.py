@@ -1,4 +1,4 @@
-"""The fault campaign (issue 13): what the platform survives, shown on the real local S3, MLflow and Ray.
+"""The fault campaign: what the platform survives, shown on the real local S3, MLflow and Ray.
 
 Minutes long, so not in `make test`: `python bench/fault_campaign.py` (or `pytest -m campaign`).
 

@@ -101,7 +101,7 @@ def test_detect_with_the_champion_finds_the_faces(platform_env, tmp_path: Path) 
                                tags={"isrn.val_manifest": "overfit", "isrn.spec_fingerprint": spec.fingerprint()}).info.run_id
     save_checkpoint(tmp_path / "ckpt", model, optimizer, TrainingState(), spec.to_dict())
     model_uri = log_detector(uri, run_id, tmp_path / "ckpt", spec)
-    # promotion compares the logged model's own AP (issue #12)
+    # promotion compares the logged model's own AP
     log_model_metrics(uri, run_id, model_uri, {"easy": 1.0, "medium": 1.0, "hard": 1.0}, epoch=1, step=1,
                       val_manifest="overfit")
     client.set_terminated(run_id, "FINISHED")

@@ -90,7 +90,7 @@ def test_ray_job_through_the_jobs_api_finishes_and_sees_nothing_of_the_starting_
         print("driver", *seen())
         print("task", *ray.get(ray.remote(seen).remote()))
     """)
-    # The entrypoint runs in a shell on the head: name the interpreter (shared/PLATFORM.md).
+    # The entrypoint runs in a shell on the head: name the interpreter (docs/platform-notes.md).
     job_id = client.submit_job(entrypoint=f"{sys.executable} -c {shlex.quote(probe)}")
     deadline = time.monotonic() + 120
     while client.get_job_status(job_id) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
@@ -174,7 +174,7 @@ def test_config_env_overrides_and_unknown_keys(tmp_path):
         load_platform_config(environ={"ISRN_MLFLOW_PORT": "five"})
 
 
-# ---- no way in without a key (issue 13) -------------------------------------------------------------
+# ---- no way in without a key -----------------------------------------------------------------------
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 

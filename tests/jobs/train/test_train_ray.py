@@ -54,7 +54,7 @@ def test_two_worker_ddp_run_is_tracked_checkpointed_and_detects(platform_env, lo
     assert {"time_share_data_wait", "time_share_forward", "time_share_backward", "time_share_optimizer",
             "time_share_checkpoint", "time_share_evaluation"} <= set(shares), shares
     assert abs(sum(shares.values()) - 1) < 1e-6
-    # The logged model is the best evaluated checkpoint, and carries its own numbers (issue 12).
+    # The logged model is the best evaluated checkpoint, and carries its own numbers.
     history = dict(_history(client, run.info.run_id, "val_ap_hard"))
     best_step = int(run.data.metrics["best_step"])
     assert best_step in (6, 12) and run.data.metrics["best_val_ap_hard"] == history[best_step]
@@ -189,7 +189,7 @@ def test_missing_bucket_and_wrong_credentials_fail_before_any_worker(platform_en
 
 def test_the_logged_model_is_the_best_evaluated_checkpoint_and_reproduces_its_ap(platform_env, smoke_overrides,
                                                                                  ray_shutdown):
-    """Issue 12: evaluation every 2 epochs and a learning rate raised ×1000 after epoch 2, so training
+    """Evaluation every 2 epochs and a learning rate raised ×1000 after epoch 2, so training
     diverges and the best evaluated epoch is the first evaluation (epoch 2), not the last (epoch 4).
     The logged model is that checkpoint's; `isrn evaluate --model` of it gives the AP it carries; promotion
     compares that number."""

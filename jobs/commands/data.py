@@ -24,8 +24,9 @@ def data() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Everything generated is a function of the seed.")
 @click.option("--width", "image_width", default=640, show_default=True, type=click.IntRange(min=64), help="Image width in pixels.")
 def synth(out_dir: str, n_train: int, n_val: int, n_test: int, seed: int, image_width: int) -> None:
-    """Composite real LFW faces onto real photographs, in the official WIDER FACE layout, with COCO-format
-    annotations of the same images (person bbox and WholeBody face_box) in OUT/coco/."""
+    """Paste drawn people (head and shoulders, faces sharp at their size) onto real photographs, in the
+    official WIDER FACE layout, with COCO-format annotations of the same images (person bbox and
+    WholeBody face_box) in OUT/coco/."""
     from data_shards.synth import SynthConfig, face_settings, generate_dataset
     from data_shards.synth_coco import write_coco_split
 

@@ -198,19 +198,32 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
         capacity = max_capacity(cluster_nodes(), autoscaler_node_types(), unbounded_as=tune_spec.num_samples
                                 * len(trial_bundles(spec)))
         concurrency = max_concurrent_trials(spec, capacity)
-        return _run_locked(spec, env, job, study, study_path, filesystem, storage_path, concurrency, resume,
-                           lease, started)
+        place = StudyPlace(study, study_path, storage_path, filesystem)
+        return _run_locked(spec, env, job, place, concurrency, resume, lease, started)
     finally:
         lease.release()
 
 
-def _run_locked(spec: JobSpec, env: JobEnvironment, job: PreparedJob, study: str, study_path: str, filesystem: Any,
-                storage_path: str, concurrency: int, resume: str | None, lease: Any, started: float
-                ) -> StudyOutcome:
+@dataclasses.dataclass(frozen=True)
+class StudyPlace:
+    """Where a study lives: its name, its Tune folder, and the storage that holds it."""
+
+    study: str
+    path: str
+    """`storage_path`/`study`: Tune's experiment folder."""
+    storage_path: str
+    filesystem: Any
+    """The pyarrow filesystem of `storage_path` (S3 or local)."""
+
+
+def _run_locked(spec: JobSpec, env: JobEnvironment, job: PreparedJob, place: StudyPlace, concurrency: int,
+                resume: str | None, lease: Any, started: float) -> StudyOutcome:
     """The study, once its writer lease is held."""
     import _thread
 
     from ray import tune
+
+    study, study_path, storage_path, filesystem = place.study, place.path, place.storage_path, place.filesystem
 
     tune_spec = spec.tune
     assert tune_spec is not None

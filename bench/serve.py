@@ -26,10 +26,7 @@ import argparse
 import base64
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import free_ports, summarise
+from jobs.serving.server import scoring_server
 
 BATCH_SIZES = (1, 8)
 
@@ -63,43 +61,13 @@ def log_spec_model(spec_name: str, store: Path) -> str:
     spec = load_spec(spec_name)
     model = build_isrn(spec.model, loss=spec.loss, inference=spec.inference).eval()
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-    mlflow.set_experiment("bench-serve")
+    # Artifacts in the temporary folder too (MLflow's default is ./mlruns).
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("bench-serve", artifact_location=str(store / "artifacts")))
     with mlflow.start_run():
         info = log_face_detector(model, name="model", max_size=spec.loader.val_max_size,
                                  score_threshold=spec.inference.score_threshold,
                                  pip_requirements=model_requirements(), metadata={}, params={})
     return info.model_uri
-
-
-def start_server(model_uri: str, port: int, log_path: Path) -> subprocess.Popen:
-    import requests
-
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    with open(log_path, "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
-                                   "local", "--host", "127.0.0.1", "--port", str(port)],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited: {log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code == 200:
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    stop(server)
-    raise SystemExit("the server did not answer /ping within 600 s")
-
-
-def stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -134,9 +102,8 @@ def main() -> None:
             os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
         (port,) = free_ports(1)
         started = time.monotonic()
-        server = start_server(model_uri, port, folder / "server.log")
-        startup_s = time.monotonic() - started
-        try:
+        with scoring_server(model_uri, port, folder / "server.log") as server_url:
+            startup_s = time.monotonic() - started
             model = mlflow.pyfunc.load_model(model_uri)
             images = photos(max(BATCH_SIZES))
             params = {"max_size": args.max_size}
@@ -145,13 +112,13 @@ def main() -> None:
                                                          "data": [[base64.b64encode(i).decode()] for i in images[:b]]},
                                      "params": params}) for b in BATCH_SIZES}
             session = requests.Session()
-            url = f"http://127.0.0.1:{port}/invocations"
 
             def in_process(b: int) -> None:
                 model.predict(frames[b], params=params)
 
             def served(b: int) -> None:
-                answer = session.post(url, data=bodies[b], headers={"Content-Type": "application/json"}, timeout=600)
+                answer = session.post(f"{server_url}/invocations", data=bodies[b],
+                                      headers={"Content-Type": "application/json"}, timeout=600)
                 answer.raise_for_status()
 
             for b in BATCH_SIZES:  # warm-up: first calls allocate and load kernels
@@ -170,8 +137,6 @@ def main() -> None:
                         times[way, b] += run
                         medians[way] = statistics.median(run)
                     ratios[b].append(medians["served"] / medians["in-process"])
-        finally:
-            stop(server)
 
     print(f"model: {what}; server up in {startup_s:.0f} s; {torch.get_num_threads()} torch threads; "
           f"640-px JPEGs (q90) at max_size {args.max_size}; {args.repeats} repetitions x {args.requests} requests")

@@ -51,6 +51,7 @@ class LoadedDetector:
 def load_detector(model_uri: str) -> LoadedDetector:
     """The face detector at ``model_uri`` (any MLflow model URI) on the current tracking server."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     from jobs.serving.pyfunc import FaceDetectorModel, detections_frame
 
@@ -59,16 +60,8 @@ def load_detector(model_uri: str) -> LoadedDetector:
     except Exception as error:  # MlflowException, OSError, …: name the URI whatever failed
         raise DetectorLoadError(f"cannot find model {model_uri}: {error}") from None
     what = _describe(model_uri, info)
-    pyfunc_flavor = info.flavors.get("python_function", {})
     metadata = info.metadata or {}
     try:
-        if pyfunc_flavor.get("loader_module") == "mlflow.pyfunc.model":
-            model = mlflow.pyfunc.load_model(model_uri)
-            python_model = model.unwrap_python_model()
-            if not isinstance(python_model, FaceDetectorModel):
-                raise DetectorLoadError(f"{what} is a pyfunc model of {type(python_model).__name__}, not an ISRN face "
-                                        "detector: give the URI of a model that `isrn train` logged")
-            return LoadedDetector(model_uri, python_model.detector, lambda frame, params: model.predict(frame, params=params))
         if "pytorch" in info.flavors and metadata.get("export_size"):
             import mlflow.pytorch
 
@@ -78,9 +71,16 @@ def load_detector(model_uri: str) -> LoadedDetector:
                                  score_threshold=0.0, canvas_side=side, batch_size=1)
             return LoadedDetector(model_uri, faces, lambda frame, params: detections_frame(faces, frame, params),
                                   legacy=True)
-    except DetectorLoadError:
-        raise
-    except Exception as error:
+        if "python_function" in info.flavors:
+            model = mlflow.pyfunc.load_model(model_uri)
+            try:
+                python_model = model.unwrap_python_model()
+            except MlflowException:  # a flavour's pyfunc (sklearn, …), not a PythonModel
+                python_model = None
+            if isinstance(python_model, FaceDetectorModel):
+                return LoadedDetector(model_uri, python_model.detector,
+                                      lambda frame, params: model.predict(frame, params=params))
+    except Exception as error:  # MlflowException, OSError, ModuleNotFoundError, …: name the URI
         raise DetectorLoadError(f"cannot load {what}: {error}") from None
     raise DetectorLoadError(f"{what} is not an ISRN face detector (flavors {sorted(info.flavors)}, no "
                             "FaceDetectorModel pyfunc and no export_size metadata): give the URI of a model that "

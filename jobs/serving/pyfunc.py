@@ -21,7 +21,8 @@ HTTP 400 with that message and serves the next request.
 The logged model (:func:`log_face_detector`) holds three artifacts: the ``torch.export`` program the
 pyfunc runs (``isrn_face.pt2``, any batch size and image size), the same program as ONNX
 (``isrn_face.onnx``), and the eager model (``isrn_model.pt``, for flip / multi-scale test and
-``model.init_from``). Loading it needs this package (``pip install .``, as the platform image does).
+``model.init_from``); its code is ``jobs/serving/pyfunc_model.py`` (MLflow's models from code, no
+pickle). Loading it needs this package (``pip install .``, as the platform image does).
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ def log_face_detector(model: Any, *, name: str, max_size: int, score_threshold: 
         export_onnx(program, files["onnx"])
         save_model(model, files["eager"])
         return mlflow.pyfunc.log_model(
-            name=name, python_model=FaceDetectorModel(), artifacts={k: str(v) for k, v in files.items()},
+            name=name, python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={k: str(v) for k, v in files.items()},
             model_config={"max_size": int(max_size), "score_threshold": float(score_threshold)},
             signature=signature(max_size, score_threshold),
             input_example=pd.DataFrame({IMAGE_COLUMN: [example_photo()]}),

@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -107,7 +106,8 @@ def champion(local_mlflow, tmp_path_factory):
         photos = []
         for index, (image, factor, ext) in enumerate([(images[0], 2.0, ".jpg"), (images[1], 1.5, ".png")]):
             path = tmp_path / f"faces_{index}{ext}"
-            cv2.imwrite(str(path), cv2.resize(image, None, fx=factor, fy=factor), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            quality = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext == ".jpg" else []
+            cv2.imwrite(str(path), cv2.resize(image, None, fx=factor, fy=factor), quality)
             photos.append((path, boxes[index] * factor))
         yield {"uri": uri, "model_uri": model_uri, "spec": spec, "photos": photos, "tmp": tmp_path,
                "logging_s": logging_s}
@@ -154,11 +154,12 @@ def test_detect_and_evaluate_with_the_champion(champion, tmp_path: Path) -> None
     # (MLflow warns when the model names packages the environment lacks: it named colorama before),
     # no warning about the model, and one row per face.
     code = ("import io, logging, sys, warnings, pandas as pd, mlflow\n"
+            "from pathlib import Path\n"
             "log = io.StringIO(); logging.basicConfig(stream=log, level=logging.WARNING)\n"
             "with warnings.catch_warnings(record=True) as caught:\n"
             "    warnings.simplefilter('always')\n"
             "    m = mlflow.pyfunc.load_model('models:/isrn-face@champion')\n"
-            "    out = m.predict(pd.DataFrame({'image': [open(sys.argv[1], 'rb').read()]}))\n"
+            "    out = m.predict(pd.DataFrame({'image': [Path(sys.argv[1]).read_bytes()]}))\n"
             "print('columns', list(out.columns), 'faces', len(out))\n"
             "print('warnings', [f'{w.filename}: {w.message}' for w in caught])\n"
             "print('log', log.getvalue())\n")
@@ -188,8 +189,6 @@ def _post(url: str, payload: dict):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_champion_served_by_mlflow_answers_photos(champion, tmp_path: Path) -> None:
-    import requests
-
     # `isrn detect` first: the reference boxes, rounded to 0.1 px in its JSON.
     out = tmp_path / "detect"
     paths = [path for path, _ in champion["photos"]]
@@ -198,26 +197,11 @@ def test_the_champion_served_by_mlflow_answers_photos(champion, tmp_path: Path) 
     expected = [np.array([[b["x1"], b["y1"], b["x2"], b["y2"], b["score"]]
                           for b in json.loads((out / f"{p.stem}.json").read_text())["boxes"]]) for p in paths]
 
+    from jobs.serving.server import scoring_server
+
     (port,) = free_ports(1)
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": champion["uri"],
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # it execs `uvicorn`
     started = time.monotonic()
-    with open(tmp_path / "server.log", "w") as server_log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/isrn-face@champion",
-             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() - started < 300, "no answer on /ping after 300 s"
-            try:
-                if requests.get(f"{url}/ping", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
+    with scoring_server("models:/isrn-face@champion", port, tmp_path / "server.log", timeout_s=300) as url:
         startup_s = time.monotonic() - started
 
         # A JPEG (512 × 2·h) and a PNG (384 × 1.5·h) in one request, as base64 strings.
@@ -265,10 +249,3 @@ def test_the_champion_served_by_mlflow_answers_photos(champion, tmp_path: Path) 
         assert _post(url, split).json()["predictions"] == predictions  # still serving, same answer
         print(f"\nlog_detector {champion['logging_s']:.0f} s; server up in {startup_s:.0f} s; "
               f"test total {time.monotonic() - started:.0f} s after the start")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()

@@ -1,6 +1,7 @@
 # The two commands a new user runs on a fresh machine:
 #   make demo   set up, start the local platform (S3, MLflow, Ray) and run the main job
 #   make test   set up and run the whole test suite (starts its own platform on free ports)
+#   make pretrain-demo   ISRN's two stages at demo size: COCO-format pre-training, then `demo` from it
 #
 # GPU machines: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 
@@ -12,7 +13,7 @@ ISRN := $(VENV)/bin/isrn
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test platform-up platform-down clean
+.PHONY: setup demo pretrain-demo test platform-up platform-down clean
 
 setup: $(STAMP)
 
@@ -30,9 +31,17 @@ platform-up: setup
 platform-down:
 	$(ISRN) platform down
 
-# The main job end to end on the local platform (about 15 minutes on 2 CPU cores): train ISRN on a
-# generated WIDER-format set with 2 Ray workers, a small Ray Tune search, promotion of the best run
-# to the registry (isrn-face@champion), and detection on generated val images with the champion.
+# The main job end to end on the local platform (bench/demo_timing.py times it from a fresh clone):
+# train ISRN on a generated WIDER-format set with 2 Ray workers, a small Ray Tune search, promotion
+# of the best run to the registry (isrn-face@champion), and detection with the champion on three
+# generated val images: the first, in file order, whose every face counts in the Medium setting
+# (at least 20 px tall, blur and occlusion at most moderate), so each face shown is one the demo's
+# detector should find.
+DEMO_IMAGES = from data_shards.synth import face_settings; from data_shards.wider_layout import WiderLayout; \
+	layout = WiderLayout("data/demo"); records = sorted(layout.records("val"), key=lambda r: r.path); \
+	shown = [r for r in records if r.faces and all("medium" in face_settings(f) for f in r.faces)][:3]; \
+	print(" ".join(str(layout.image_path("val", r)) for r in shown))
+
 demo: platform-up
 	@# The generated data set (data/demo) and its shards in the platform's S3; either is made again
 	@# (same seed, same images) when missing.
@@ -40,11 +49,27 @@ demo: platform-up
 	$(ISRN) train demo
 	$(ISRN) tune tune-smoke
 	$(ISRN) promote demo
-	$(ISRN) detect $$(ls data/demo/WIDER_val/images/*/*.jpg | head -n 3) --out demo-detections
+	$(ISRN) detect $$($(PY) -c '$(DEMO_IMAGES)') --out demo-detections
 	@echo
 	@echo "Detections:    demo-detections/ (JSON boxes and annotated images)"
 	@echo "MLflow UI:     http://127.0.0.1:$${ISRN_MLFLOW_PORT:-5000}"
 	@echo "Ray dashboard: http://127.0.0.1:$${ISRN_RAY_DASHBOARD_PORT:-8265}"
+
+# ISRN's two stages at demo size on the local platform: pre-train the demo network on a generated
+# COCO-format set (COCO-WholeBody face boxes; shards built straight from the COCO JSON), register it as
+# isrn-coco-pretrain@champion, then train `demo` from those weights (its MLflow run logs
+# init_from/report.md). jobs/specs/pretrain-demo.yaml lists the same steps as commands.
+PRETRAIN_DATA := data/pretrain-demo
+pretrain-demo: platform-up
+	@test -f $(PRETRAIN_DATA)/coco/coco_wholebody_val.json || \
+	    $(ISRN) data synth --out $(PRETRAIN_DATA) --train 400 --val 100 --seed 2 --width 384
+	@eval "$$($(ISRN) platform env)" && for split in train val; do \
+	    $(ISRN) shards build --coco $(PRETRAIN_DATA)/coco/coco_wholebody_$$split.json \
+	        --images $(PRETRAIN_DATA)/WIDER_$$split/images --split $$split --boxes face --shard-size-mb 2 \
+	        --out "s3://$${ISRN_SHARDS_BUCKET:-isrn-shards}/pretrain-demo" || exit 1; done
+	$(ISRN) train pretrain-demo
+	$(ISRN) promote pretrain-demo
+	$(ISRN) train demo --set model.init_from=models:/isrn-coco-pretrain@champion
 
 test: setup
 	$(PY) -m pytest

@@ -1,4 +1,4 @@
-"""The fault campaign of issue 13, on the real local S3, MLflow and Ray: prints what each fault did.
+"""The fault campaign on the real local S3, MLflow and Ray: prints what each fault did.
 
     python bench/fault_campaign.py            # ~15 min on 2 cores: 10 kills, S3 and MLflow outages, a crashing trial
 

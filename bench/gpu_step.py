@@ -9,7 +9,7 @@ On a machine without a CUDA GPU it says so and exits 0. Otherwise, for each conf
 optimiser sections; random weights) runs `jobs.train.steps.train_step` on one batch of random
 images with random face boxes kept on the GPU: warm-up steps first (torch.compile compiles in
 them; their time is printed apart), then `--steps` timed steps, each ended by
-`torch.cuda.synchronize()`. Printed per configuration: median seconds per step, images/s,
+`torch.cuda.synchronize()`. Each configuration's model is set up as the trainer sets it up. Printed per configuration: median seconds per step, images/s,
 achieved TFLOP/s and MFU, the model FLOPs utilisation against the GPU's dense bf16 peak.
 
 FLOPs: `bench/model_figures.py`'s count of the network's forward pass at `--size`² (one
@@ -18,8 +18,8 @@ convention: backward costs twice the forward), times the batch. The peak comes f
 by device name, or `--peak-tflops`.
 
 Two host-side figures put the step in context: the hand-over of one loader batch to the GPU as the
-training loop does it (a pageable copy of the uint8 batch; the model converts it to float32 on the
-device, inside the timed step), and the
+training loop does it (the uint8 batch through reusable pinned memory; the model converts it to float32
+on the device, inside the timed step), and the
 data-loader limit per GPU: one core's decode-and-augment rate at `--size`² (bench/loader_throughput.py's
 `limit`) × this machine's cores / its GPUs, against what the fastest configuration consumes.
 """
@@ -27,6 +27,7 @@ data-loader limit per GPU: one core's decode-and-augment rate at `--size`² (ben
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -73,25 +74,29 @@ def random_batch(batch: int, size: int, faces: int, seed: int = 0) -> dict:
 
 
 def time_config(spec: JobSpec, batch: dict, device: torch.device, name: str, steps: int, warmup: int) -> dict:
-    """Warm-up seconds, median seconds per timed step and peak memory of one configuration."""
+    """Warm-up seconds, median seconds per timed step and peak memory of one configuration, set up as
+    the trainer sets up its model (`jobs.train.trainer.prepare_for_device`: channels-last weights,
+    cuDNN's autotuner, the backbone, neck and heads compiled in place)."""
     from isrn_model.builder import build_isrn
     from jobs.train.schedule import build_optimizer
-    from jobs.train.steps import train_step
+    from jobs.train.steps import BatchFeeder, train_step
+    from jobs.train.timing import StepTimer
+    from jobs.train.trainer import prepare_for_device
 
     amp, channels_last, compiled = CONFIGS[name]
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, amp=amp, channels_last=channels_last,
+                                                               compile=compiled))
     torch.manual_seed(0)
-    model = build_isrn(spec.model, loss=spec.loss, inference=spec.inference).to(device)
+    model = prepare_for_device(build_isrn(spec.model, loss=spec.loss, inference=spec.inference), spec, device,
+                               distributed=False)
     optimizer = build_optimizer(model, spec.optim)
-    images = batch["images"].to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if compiled else model
-    on_device = {"images": images, "targets": [{"boxes": t["boxes"].to(device)} for t in batch["targets"]]}
+    feeder, timer = BatchFeeder(device, channels_last=channels_last), StepTimer(device)
+    # The batch stays on the device: this measures the step, not the host-to-device copy (below).
+    on_device = {"images": feeder.images(dict(batch)), "targets": feeder.targets(batch)}
 
-    def step(index: int) -> float:
+    def step() -> float:
         started = time.perf_counter()
-        train_step(step_model, [on_device], optimizer, step=index, device=device, amp=amp,
+        train_step(model, [on_device], optimizer, feeder=feeder, timer=timer, amp=amp,
                    grad_clip_norm=spec.train.grad_clip_norm)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -99,23 +104,24 @@ def time_config(spec: JobSpec, batch: dict, device: torch.device, name: str, ste
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    warmup_s = sum(step(i) for i in range(warmup))
-    times = [step(warmup + i) for i in range(steps)]
+    warmup_s = sum(step() for _ in range(warmup))
+    times = [step() for _ in range(steps)]
     memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return {"warmup_s": warmup_s, "step_s": statistics.median(times), "memory_gib": memory}
 
 
 def hand_over_s(batch: int, size: int, device: torch.device, repeats: int = 5) -> float:
-    """Seconds to hand one uint8 loader batch to the device as the loop does (the float32
-    conversion is the model's first operation, in the step)."""
-    from data_shards.samples import received
-    from jobs.train.steps import to_device
+    """Seconds to hand one uint8 loader batch to the device as the loop does (`BatchFeeder`: a copy
+    into reusable pinned memory, then an asynchronous copy to the GPU; the float32 conversion is the
+    model's first operation, in the step)."""
+    from jobs.train.steps import BatchFeeder
 
+    feeder = BatchFeeder(device)
     uint8 = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        to_device(received({"images": uint8.clone(), "targets": []}, float_images=False), device)
+        feeder.images({"images": uint8.clone()})
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
@@ -196,7 +202,7 @@ def main() -> None:
 
     config, step_s = best
     hand_over = hand_over_s(batch_size, args.size, device)
-    print(f"\nhand-over of one loader batch to the device as the loop does it (pageable copy of the uint8; "
+    print(f"\nhand-over of one loader batch to the device as the loop does it (uint8 through pinned memory; "
           f"the model converts on the device): {hand_over * 1000:.1f} ms, {hand_over / step_s:.1%} of the {config} step; "
           "it is in the trainer's data wait")
     cores = len(os.sched_getaffinity(0))

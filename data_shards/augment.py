@@ -10,9 +10,9 @@ zoom-out + square crop + resize + flip is one affine map, applied with one `cv2.
     flip: x' -> out_size - x'
 
 where (x0, y0, side) is the square crop window in source-image pixels; it may extend past the
-image (zoom-out). The window is chosen one of two ways (``shared/ISRN.md``, "Training recipe"):
+image (zoom-out). The window is chosen one of two ways (docs/model.md, "Training recipe"):
 
-- zoom-out + square crop [SRN]: with `zoom_out_prob` (1: always, as ISRN.md lists it) place the
+- zoom-out + square crop [SRN]: with `zoom_out_prob` (1: always, as the recipe lists it) place the
   image in a canvas `r` times its size (r ~ U[1, zoom_out_max]) at a random offset; then a square
   whose side is, with `crop_full_side_prob`, the canvas' short side, else U[crop_scale_min, 1] x
   it [SRN crops both and picks one], at a random position in the canvas.

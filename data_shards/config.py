@@ -5,10 +5,12 @@ commands that only validate it (``isrn train --dry-run``, ``isrn submit``) stay 
 are declared the one way the project declares configuration (:mod:`isrn_model.section`): frozen,
 keyword-only, validated pydantic dataclasses whose field docstrings are their descriptions.
 
-Provenance tags as in ``shared/ISRN.md``: [code], [paper], [notes], and [ours] for our choices.
+Provenance tags as in ``docs/model.md``: [code], [paper], [notes], and [ours] for our choices.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -19,13 +21,13 @@ ANCHOR_STRIDES = (4, 8, 16, 32, 64, 128)
 ANCHOR_SCALES = (2.0, 2.828427)
 """Anchor sizes in strides [code] (as ``isrn_model.anchors.ANCHOR_SCALES``; a test keeps them equal)."""
 MODEL_ANCHOR_SIZES = tuple(scale * stride for stride in ANCHOR_STRIDES for scale in ANCHOR_SCALES)
-"""The detector's 12 anchor sizes, ascending: 8, 11.3, 16, 22.6, … 256, 362 px (ISRN.md "Anchors")."""
+"""The detector's 12 anchor sizes, ascending: 8, 11.3, 16, 22.6, … 256, 362 px (docs/model.md "Anchors")."""
 
 
 @config_section
 class AugmentConfig(Section):
     """Training augmentation (``data_shards.augment``): SRN's photometric distortion, zoom-out, square
-    crop and flip, and ISRN's data-anchor-sampling, as ``shared/ISRN.md`` "Training recipe" states."""
+    crop and flip, and ISRN's data-anchor-sampling, as ``docs/model.md`` "Training recipe" states."""
 
     out_size: int = Field(default=640, gt=0)
     """Side S of the square training image, in pixels [SRN: 1024; ours: 640 for CPU-scale runs]."""
@@ -34,16 +36,16 @@ class AugmentConfig(Section):
     both; the share is ours: 0.5]."""
     das_anchor_sizes: tuple[float, ...] = Field(default=MODEL_ANCHOR_SIZES, min_length=1)
     """Anchor sizes (px, ascending) that data-anchor-sampling maps faces onto: the detector's own,
-    {2, 2√2} × stride on P2–P7 [ISRN.md]."""
+    {2, 2√2} × stride on P2–P7 [docs/model.md]."""
     das_allow_larger: bool = False
-    """False: the target anchor size is at or below the face's own (ISRN.md). True [ours, PyramidBox's
+    """False: the target anchor size is at or below the face's own (docs/model.md). True [ours, PyramidBox's
     rule]: it may also be the one size above."""
     das_size_jitter: float = Field(default=1.0, ge=1.0)
     """The face's size after resizing is drawn from U[a / j, a · j] around the target anchor size a.
-    1: exactly the anchor size (ISRN.md "crop so the face lands at that scale"); 2 [ours, PyramidBox]."""
+    1: exactly the anchor size (docs/model.md "crop so the face lands at that scale"); 2 [ours, PyramidBox]."""
     zoom_out_prob: float = unit_field(1.0)
     """Probability of zoom-out expansion before the square crop. 1: every image is expanded by a ratio
-    drawn from U[1, zoom_out_max], as ISRN.md lists it (a ratio near 1 is no expansion); lower [ours]."""
+    drawn from U[1, zoom_out_max], as docs/model.md lists it (a ratio near 1 is no expansion); lower [ours]."""
     zoom_out_max: float = Field(default=4.0, ge=1.0)
     """Largest zoom-out canvas ratio [SRN: 4]."""
     crop_full_side_prob: float = unit_field(0.5)
@@ -113,6 +115,14 @@ class SynthConfig(Section):
     """Train only: probability per image of one extra w = 0 annotation (a real WIDER quirk)."""
     jpeg_quality: tuple[int, int] = (80, 95)
     """JPEG quality drawn uniformly from this range (inclusive)."""
+    faces: Literal["person", "lfw"] = "person"
+    """What is pasted per face. "person": a head and shoulders drawn at the pasted size (skin tones,
+    one light, hair, features; ``data_shards.synth_person``) with a real LFW face as a faint texture.
+    "lfw": the 25 px grey LFW crop itself, tinted and scaled up in a soft ellipse (the generator
+    before "person"; a detector trained on it finds no face in a real photograph)."""
+    person_templates: int = Field(default=48, gt=0)
+    """"person": people drawn per split at a 96 px face and shrunk for every face up to that width
+    (wider ones are drawn at their size); more gives more distinct people at ~15 ms of CPU each."""
 
     def __post_init__(self) -> None:
         if self.min_face > self.max_face:

@@ -2,12 +2,13 @@
 
 A manifest is written last, after every shard it lists is in place, so a split is visible exactly
 when it is complete. It records, per shard, the sample and face counts, byte size and sha256, and
-for the split the sha256 of the annotation file the shards were built from. The val split also
+for the split the sha256 of the annotation file the shards were built from and what its boxes
+outline (`boxes`: face, or person for COCO's person boxes). The val split also
 lists the official ground-truth .mat files uploaded beside it (`ground_truth/…`), which the WIDER
 metric reads (`fetch_ground_truth`).
 
     {"format": "isrn-wider-shards/1", "split": "val", "created": "...",
-     "annotation_file": "wider_face_split/wider_face_val_bbx_gt.txt", "annotation_sha256": "...",
+     "annotation_file": "wider_face_split/wider_face_val_bbx_gt.txt", "annotation_sha256": "...", "boxes": "face",
      "shards": [{"name": "val-000000.tar", "samples": 41, "faces": 390, "bytes": 5242880,
                  "sha256": "..."}, ...],
      "ground_truth": {"wider_hard_val.mat": {"name": "ground_truth/wider_hard_val.mat",
@@ -46,6 +47,9 @@ class Manifest:
     annotation_sha256: str
     created: str = ""
     ground_truth: dict[str, dict] = field(default_factory=dict)
+    boxes: str = "face"
+    """What the records' boxes outline: `face` (WIDER FACE, COCO-WholeBody `face_box`) or `person`
+    (COCO `bbox`). Manifests written before this field read as `face`."""
     format: str = FORMAT
 
     @property
@@ -81,6 +85,7 @@ class Manifest:
                 annotation_sha256=data["annotation_sha256"],
                 created=data.get("created", ""),
                 ground_truth=data.get("ground_truth", {}),
+                boxes=data.get("boxes", "face"),
             )
             if not manifest.shards:
                 raise ValueError("it lists no shards")
@@ -118,7 +123,8 @@ def read_manifest(url: str, settings: S3Settings | None = None) -> Manifest:
     except FileNotFoundError:
         base, split = posixpath.split(folder)
         raise FileNotFoundError(f"no shard manifest at {url}: build the split with `isrn shards build --wider-root "
-                                f"DIR --split {split} --out {base}`, or fix the URL") from None
+                                f"DIR --split {split} --out {base}` (COCO-format data: --coco ANNOTATIONS.json "
+                                "--images DIR instead of --wider-root), or fix the URL") from None
     return Manifest.from_json(data, source=url)
 
 
@@ -198,7 +204,7 @@ def verify_manifest(url: str, manifest: Manifest, settings: S3Settings | None = 
 def fetch_ground_truth(url: str, dest: str | Path, settings: S3Settings | None = None) -> dict[str, Path]:
     """Download the val split's official .mat files next to its manifest into `dest`.
 
-    Returns file name -> local path, ready for `wider_layout.load_val_ground_truth`.
+    Returns file name -> local path; `isrn_model.wider_eval.load_ground_truth(dest)` reads them.
     """
     manifest = read_manifest(url, settings)
     if not manifest.ground_truth:

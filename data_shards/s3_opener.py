@@ -1,6 +1,6 @@
 """An ``s3://`` opener for webdataset: a boto3 streaming body read ahead by a thread, one client per process.
 
-webdataset 1.0.2 has no ``s3://`` scheme (shared/PLATFORM.md): :func:`register_s3_opener` puts
+webdataset 1.0.2 has no ``s3://`` scheme (docs/platform-notes.md): :func:`register_s3_opener` puts
 :func:`gopen_s3` into ``webdataset.gopen_schemes`` (brace expansion keeps working), so shards are
 read by boto3 with the platform's credentials instead of through a ``pipe:`` to an external CLI.
 

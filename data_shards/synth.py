@@ -1,4 +1,4 @@
-"""Generated WIDER-format data sets: real faces composited onto real photographs.
+"""Generated WIDER-format data sets: drawn people, textured with real faces, on real photographs.
 
     isrn data synth --out /tmp/wider-synth --train 400 --val 100 --seed 0
 
@@ -10,16 +10,20 @@ and the official metric run on it unchanged:
                      wider_face_val.mat
     ground_truth/wider_face_val.mat, wider_{easy,medium,hard}_val.mat   (gt_list per setting)
 
-Faces are the 100 real LFW faces shipped with scikit-image (`skimage.data.lfw_subset()`, 25x25
-grey): identities 0-79 for train/test, 80-99 for val, so validation measures faces never seen in
-training. Each face is tinted to a skin tone, given an elliptical soft mask (so it reads as a face,
-not a square) and pasted at 8 to ~320 px wide (box h = 1.2 w) onto a random crop of one of
-scikit-image's photographs (people-free ones: coffee, chelsea, rocket, hubble, ...; `astronaut`
-and `camera` contain unannotated faces and are excluded), flipped and colour-jittered.
+Each face is a head-and-shoulders person drawn at the size it is pasted (`data_shards.synth_person`:
+skin tones, one light, hair or a cap, ears, neck and shirt, features sharp at that size) with one
+of the 100 real LFW faces shipped with scikit-image (`skimage.data.lfw_subset()`, 25x25 grey) as a
+faint texture of its skin: identities 0-79 for train/test, 80-99 for val. The face box goes from
+hairline to chin, cheek to cheek, 8 to ~320 px wide (box h = 1.2 w). People are pasted onto a
+random crop of one of scikit-image's photographs (people-free ones: coffee, chelsea, rocket,
+hubble, ...; `astronaut` and `camera` contain faces and are excluded: they are the held-out check
+of bench/heldout_photos.py), smaller ones first, every body before every head, so a body never
+hides a face. `SynthConfig.faces = "lfw"` pastes the tinted LFW crop in a soft ellipse instead (the
+generator before people were drawn).
 
 What is done to a face sets its flags, and nothing else does:
-    blur 1/2          Gaussian blur, sigma = 0.03 w + 0.5 / 0.08 w + 1
-    illumination 1    gain x0.25-0.45 (dark) or x1.8-2.5 (blown out)
+    blur 1/2          Gaussian blur of the whole person, sigma = 0.03 w + 0.5 / 0.08 w + 1
+    illumination 1    gain of the whole person x0.25-0.45 (dark) or x1.8-2.5 (blown out)
     occlusion 1/2     a patch of another photo covers 15-35% / 45-70% of the box
     pose 1            in-plane rotation by 25-45 degrees; the box is the rotated face's extent
     invalid 1         "unrecognisable": blur sigma 0.4 w and 80% covered (also blur 2, occlusion 2)
@@ -47,7 +51,9 @@ import cv2
 import numpy as np
 
 from data_shards.config import SynthConfig
-from data_shards.wider_layout import SETTINGS, Face, ImageRecord, format_bbx_gt
+from data_shards.synth_person import Person, Template, render_person
+from data_shards.wider_layout import Face, ImageRecord, format_bbx_gt
+from isrn_model.wider_eval import ATTRIBUTES, SETTINGS, WiderGroundTruth, ground_truth_from_arrays, ground_truth_mat_files
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +148,7 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
 
 
 def _render_face(rng: np.random.Generator, identity: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """A tinted BGR face (h x w x 3, float32) and its soft elliptical alpha mask (h x w)."""
+    """A tinted BGR face (h x w x 3, float32) and its soft elliptical alpha mask (h x w): `faces: lfw`."""
     gray = _lfw_faces()[identity]
     if rng.random() < 0.5:
         gray = gray[:, ::-1]
@@ -158,16 +164,90 @@ def _render_face(rng: np.random.Generator, identity: int, w: int, h: int) -> tup
     return np.clip(face, 0, 255), mask
 
 
-def _rotate(face: np.ndarray, mask: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
-    h, w = mask.shape
-    side = int(math.ceil(math.hypot(w, h))) + 2
-    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
-    m[:, 2] += ((side - w) / 2.0, (side - h) / 2.0)
-    face = cv2.warpAffine(face, m, (side, side), flags=cv2.INTER_LINEAR)
-    mask = cv2.warpAffine(mask, m, (side, side), flags=cv2.INTER_LINEAR)
-    ys, xs = np.nonzero(mask > 0.5)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    return face[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+TEMPLATE_FACE_WIDTH = 96
+"""Faces at most this wide are shrunk from people drawn once per split at this width (area averaging
+keeps them as sharp as drawing them at their size, at a fraction of the cost); wider faces are drawn
+at their own size."""
+
+
+@lru_cache(maxsize=4)
+def _templates(seed: int, split: str, count: int) -> tuple[Template, ...]:
+    """The split's `count` people drawn at TEMPLATE_FACE_WIDTH, each from its own seeded generator
+    and one of the split's LFW identities as texture (a pure function of its arguments)."""
+    identities = _identities(split)
+    out = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, 11, _SPLIT_IDS[split], i])
+        texture = _lfw_faces()[identities[i % len(identities)]]
+        if rng.random() < 0.5:
+            texture = texture[:, ::-1]
+        w = TEMPLATE_FACE_WIDTH
+        out.append(Template.of(render_person(rng, w, int(round(w * _FACE_ASPECT)), texture)))
+    return tuple(out)
+
+
+def _render(rng: np.random.Generator, split: str, seed: int, config: SynthConfig, w: int, h: int) -> Person:
+    """The sprite of one face whose box is w x h, as `config.faces` asks."""
+    identity = int(rng.choice(_identities(split)))
+    if config.faces == "lfw":
+        face, mask = _render_face(rng, identity, w, h)
+        return Person(face, mask, mask, mask, (0, 0, w, h))
+    if w <= TEMPLATE_FACE_WIDTH and h <= int(round(TEMPLATE_FACE_WIDTH * _FACE_ASPECT)):
+        templates = _templates(seed, split, config.person_templates)
+        person = templates[rng.integers(len(templates))].at(w, h, flip=bool(rng.random() < 0.5))
+        gain = rng.uniform(0.9, 1.1, 3).astype(np.float32)  # each use of a person a little differently lit
+        return replace(person, colour=np.clip(person.colour * gain, 0, 255))
+    texture = _lfw_faces()[identity]
+    if rng.random() < 0.5:
+        texture = texture[:, ::-1]
+    return render_person(rng, w, h, texture)
+
+
+def _rotate(person: Person, angle: float) -> Person:
+    """`person` turned in-plane by `angle` degrees about its face's centre; the box is the turned
+    face ellipse's extent."""
+    h, w = person.face_mask.shape
+    fx, fy, fw, fh = person.box
+    cx, cy = fx + fw / 2.0, fy + fh / 2.0
+    side = 2 * int(math.ceil(math.hypot(max(cx, w - cx), max(cy, h - cy)))) + 2  # holds every corner
+    m = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+    m[:, 2] += (side / 2.0 - cx, side / 2.0 - cy)
+
+    def turn(a: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(a, m, (side, side), flags=cv2.INTER_LINEAR)
+
+    face_mask = turn(person.face_mask)
+    ys, xs = np.nonzero(face_mask > 0.5)
+    box = (int(xs.min()), int(ys.min()), int(xs.max() + 1 - xs.min()), int(ys.max() + 1 - ys.min()))
+    return Person(turn(person.colour), turn(person.body_alpha), turn(person.head_alpha), face_mask, box)
+
+
+def _extent(alpha: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of where `alpha` > 0.5, widened to hold `box` (x, y, w, h)."""
+    ys, xs = np.nonzero(alpha > 0.5)
+    x, y, w, h = box
+    if len(xs) == 0:
+        return x, y, x + w, y + h
+    return min(int(xs.min()), x), min(int(ys.min()), y), max(int(xs.max()) + 1, x + w), max(int(ys.max()) + 1, y + h)
+
+
+def _paste(image: np.ndarray, colour: np.ndarray, alpha: np.ndarray, x: int, y: int, *, to_bottom: bool = False) -> None:
+    """Alpha-blend a sprite whose top-left corner lands at (x, y), clipped to the image, in place.
+
+    to_bottom: the sprite's last row goes on down to the image's bottom edge (a body continues below
+    the sprite instead of ending in mid-air)."""
+    H, W = image.shape[:2]
+    h, w = alpha.shape
+    x0, x1 = max(0, x), min(W, x + w)
+    if x0 >= x1:
+        return
+    y0, y1 = max(0, y), min(H, y + h)
+    if y0 < y1:
+        region = image[y0:y1, x0:x1]
+        region += alpha[y0 - y : y1 - y, x0 - x : x1 - x, None] * (colour[y0 - y : y1 - y, x0 - x : x1 - x] - region)
+    if to_bottom and y + h < H:
+        below = image[max(0, y + h) :, x0:x1]
+        below += alpha[-1, x0 - x : x1 - x, None] * (colour[-1, x0 - x : x1 - x] - below)
 
 
 def _occlude(rng: np.random.Generator, image: np.ndarray, box: tuple[int, int, int, int], fraction: float) -> None:
@@ -185,21 +265,29 @@ def _occlude(rng: np.random.Generator, image: np.ndarray, box: tuple[int, int, i
     image[ry : ry + rh, rx : rx + rw] = patch
 
 
-def _place(rng: np.random.Generator, boxes: list[tuple[int, int, int, int]], w: int, h: int, W: int, H: int) -> tuple[int, int] | None:
+def _place(rng: np.random.Generator, heads: list[tuple[int, int, int, int]], face: tuple[int, int, int, int],
+           head: tuple[int, int, int, int], W: int, H: int) -> tuple[int, int] | None:
+    """Top-left of a sprite that puts its face box (x, y, w, h in the sprite) inside the image and its
+    head (x0, y0, x1, y1 in the sprite) clear of every head placed (image xyxy); None after 30 tries."""
+    fx, fy, fw, fh = face
     for _ in range(30):
-        x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
-        if all(x + w <= bx or bx + bw <= x or y + h <= by or by + bh <= y for bx, by, bw, bh in boxes):
+        x, y = int(rng.integers(0, W - fw + 1)) - fx, int(rng.integers(0, H - fh + 1)) - fy
+        hx0, hy0, hx1, hy1 = x + head[0], y + head[1], x + head[2], y + head[3]
+        if all(hx1 <= bx0 or bx1 <= hx0 or hy1 <= by0 or by1 <= hy0 for bx0, by0, bx1, by1 in heads):
             return x, y
     return None
 
 
 def generate_image(split: str, index: int, seed: int, config: SynthConfig = SynthConfig()) -> tuple[np.ndarray, list[Face]]:
-    """One BGR uint8 image and its faces, a pure function of (split, index, seed)."""
+    """One BGR uint8 image and its faces, a pure function of (split, index, seed).
+
+    People are pasted in two passes, smaller (farther) first: every body, then every head, so a
+    body never hides a face and a face's attribute labels stay what was done to it.
+    """
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
     W = config.image_width
     H = int(round(W * rng.uniform(0.56, 1.0) / 2) * 2)
     image = _background(rng, W, H)
-    identities = _identities(split)
 
     regime = rng.random()
     if regime < config.empty_prob:
@@ -213,8 +301,8 @@ def generate_image(split: str, index: int, seed: int, config: SynthConfig = Synt
     hi = min(hi, int(0.8 * min(W, H) / _FACE_ASPECT))
     lo = max(config.min_face, min(lo, hi))
 
-    faces: list[Face] = []
-    placed: list[tuple[int, int, int, int]] = []
+    people: list[tuple[Person, int, int, Face, float]] = []  # sprite, its position, face, occluded share
+    heads: list[tuple[int, int, int, int]] = []
     for _ in range(n):
         w = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi + 1e-6)))))
         w = max(config.min_face, w)
@@ -224,31 +312,39 @@ def generate_image(split: str, index: int, seed: int, config: SynthConfig = Synt
         illumination = int(rng.random() < 0.08)
         pose = int(rng.random() < 0.08)
         invalid = int(rng.random() < 0.03)
-        face, mask = _render_face(rng, int(rng.choice(identities)), w, h)
+        person = _render(rng, split, seed, config, w, h)
         if pose:
-            angle = float(rng.uniform(25, 45) * rng.choice((-1, 1)))
-            face, mask = _rotate(face, mask, angle)
-        fh, fw = mask.shape
-        if fw > W or fh > H or (pos := _place(rng, placed, fw, fh, W, H)) is None:
+            person = _rotate(person, float(rng.uniform(25, 45) * rng.choice((-1, 1))))
+        fx, fy, fw, fh = person.box
+        head = _extent(person.head_alpha, person.box)
+        if fw > W or fh > H or (pos := _place(rng, heads, person.box, head, W, H)) is None:
             continue
         x, y = pos
+        colour, body_alpha, head_alpha = person.colour, person.body_alpha, person.head_alpha
         if illumination:
-            face = face * (rng.uniform(0.25, 0.45) if rng.random() < 0.5 else rng.uniform(1.8, 2.5))
+            colour = colour * (rng.uniform(0.25, 0.45) if rng.random() < 0.5 else rng.uniform(1.8, 2.5))
         if invalid:
             blur, occlusion = 2, 2
             sigma = 0.4 * fw
         else:
             sigma = {0: 0.0, 1: 0.03 * fw + 0.5, 2: 0.08 * fw + 1.0}[blur]
-        if sigma > 0:
-            face = cv2.GaussianBlur(face, (0, 0), sigma)
-        alpha = mask[:, :, None]
-        region = image[y : y + fh, x : x + fw]
-        image[y : y + fh, x : x + fw] = region * (1 - alpha) + np.clip(face, 0, 255) * alpha
+        if sigma > 0:  # out of focus or moving: the whole person, edges included
+            colour, body_alpha, head_alpha = (cv2.GaussianBlur(a, (0, 0), sigma) for a in (colour, body_alpha, head_alpha))
+        fraction = 0.0
         if occlusion:
             fraction = 0.8 if invalid else rng.uniform(*((0.15, 0.35) if occlusion == 1 else (0.45, 0.7)))
-            _occlude(rng, image, (x, y, fw, fh), fraction)
-        placed.append((x, y, fw, fh))
-        faces.append(Face(x, y, fw, fh, blur, 0, illumination, invalid, occlusion, pose))
+        heads.append((x + head[0], y + head[1], x + head[2], y + head[3]))
+        people.append((Person(colour, body_alpha, head_alpha, person.face_mask, person.box), x, y,
+                       Face(x + fx, y + fy, fw, fh, blur, 0, illumination, invalid, occlusion, pose), fraction))
+
+    faces = [face for _, _, _, face, _ in people]
+    by_size = sorted(people, key=lambda p: p[3].w)
+    for person, x, y, _, _ in by_size:
+        _paste(image, person.colour, person.body_alpha, x, y, to_bottom=True)
+    for person, x, y, face, fraction in by_size:
+        _paste(image, person.colour, person.head_alpha, x, y)
+        if fraction:
+            _occlude(rng, image, (face.x, face.y, face.w, face.h), fraction)
 
     if split == "train" and rng.random() < config.degenerate_prob:
         x, y = int(rng.integers(0, W)), int(rng.integers(0, H))
@@ -287,73 +383,29 @@ def generate_split(root: str | Path, split: str, count: int, seed: int, config: 
 # ---------------------------------------------------------------- .mat files
 
 
-def _cell(items: list) -> np.ndarray:
-    """A MATLAB column cell array (n x 1) holding `items` as they are (no numpy broadcasting)."""
-    out = np.empty((len(items), 1), dtype=object)
-    for i, item in enumerate(items):
-        out[i, 0] = item
-    return out
+def val_ground_truth(records: list[ImageRecord]) -> WiderGroundTruth:
+    """The val records as the metric's ground truth, for its `.mat` files (`ground_truth_mat_files`).
 
-
-def val_mat_contents(records: list[ImageRecord]) -> dict[str, dict[str, np.ndarray]]:
-    """The variables of `wider_face_val.mat` and `wider_{easy,medium,hard}_val.mat`.
-
-    Same structure as the official files: 61 x 1 (here: events present) cell of events, each a
-    n_images x 1 cell; boxes int32 [n, 4] (x, y, w, h); labels uint8 [n, 1]; `gt_list` the 1-based
-    indices of the faces that count in the setting, uint8 (uint16 past 255), [k, 1].
-    Events are in MATLAB's `dir` order (lexicographic), as in the official files.
+    Events in MATLAB's `dir` order (lexicographic), as in the official files, images in record
+    order; the keep lists follow `face_settings`; each face's six labels are what was done to it.
     """
     by_event: dict[str, list[ImageRecord]] = {}
     for rec in records:
         by_event.setdefault(rec.event, []).append(rec)
-    events = sorted(by_event)
-    labels = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
-    base: dict[str, np.ndarray] = {
-        "event_list": _cell([np.array([e]) for e in events]),
-        "file_list": _cell([_cell([np.array([r.name]) for r in by_event[e]]) for e in events]),
-        "face_bbx_list": _cell([
-            _cell([np.array([f.xywh() for f in r.faces], dtype=np.int32).reshape(-1, 4) for r in by_event[e]])
-            for e in events
-        ]),
-    }
-    for label in labels:
-        base[f"{label}_label_list"] = _cell([
-            _cell([np.array([getattr(f, label) for f in r.faces], dtype=np.uint8).reshape(-1, 1) for r in by_event[e]])
-            for e in events
-        ])
-    out = {"wider_face_val.mat": base}
-    for setting in SETTINGS:
-        def gt(rec: ImageRecord) -> np.ndarray:
-            idx = [k + 1 for k, f in enumerate(rec.faces) if setting in face_settings(f)]
-            dtype = np.uint8 if len(rec.faces) <= 255 else np.uint16
-            return np.array(idx, dtype=dtype).reshape(-1, 1)
-
-        out[f"wider_{setting}_val.mat"] = {
-            **base, "gt_list": _cell([_cell([gt(r) for r in by_event[e]]) for e in events])
-        }
-    return out
-
-
-MAT_HEADER = b"MATLAB 5.0 MAT-file, written by isrn data synth"
-"""The 116-byte text at the start of a v5 .mat file. scipy writes the creation time there, which
-made two generations of the same seed differ whenever they straddled a second."""
-
-
-def mat_bytes(variables: dict[str, np.ndarray]) -> bytes:
-    """A compressed v5 .mat file of `variables`, byte-identical for identical contents."""
-    import io
-
-    import scipy.io
-
-    buffer = io.BytesIO()
-    scipy.io.savemat(buffer, variables, do_compression=True)
-    data = buffer.getvalue()
-    return MAT_HEADER.ljust(116) + data[116:]
+    ordered = [rec for event in sorted(by_event) for rec in by_event[event]]
+    return ground_truth_from_arrays(
+        [rec.event for rec in ordered], [rec.name for rec in ordered],
+        [np.array([f.xywh() for f in rec.faces], dtype=np.int32).reshape(-1, 4) for rec in ordered],
+        {setting: [np.array([k for k, f in enumerate(rec.faces) if setting in face_settings(f)], dtype=np.int64)
+                   for rec in ordered] for setting in SETTINGS},
+        {name: [np.array([getattr(f, name) for f in rec.faces], dtype=np.uint8) for rec in ordered]
+         for name in ATTRIBUTES},
+    )
 
 
 def write_val_mats(records: list[ImageRecord], *folders: Path) -> None:
-    for name, variables in val_mat_contents(records).items():
-        data = mat_bytes(variables)
+    """`wider_face_val.mat` into every folder; the setting files into the one named `ground_truth`."""
+    for name, data in ground_truth_mat_files(val_ground_truth(records)).items():
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
             if name == "wider_face_val.mat" or folder.name == "ground_truth":

@@ -3,7 +3,7 @@
 Every rank and dataloader worker reads a disjoint slice of a seeded shard permutation that is the
 same on all ranks; when its slice is done it moves to the next permutation, so the stream never
 ends. The epoch is cut on the WebLoader at `total samples // (world_size x batch_size)` batches
-(shared/PLATFORM.md: `.with_epoch` on the loader, not the dataset, which would count per worker),
+(docs/platform-notes.md: `.with_epoch` on the loader, not the dataset, which would count per worker),
 so every rank yields the same number of batches whatever the shard sizes, and DDP never waits at the
 end of an epoch for a rank that ran out. The batch contract is in :mod:`data_shards.loader`.
 """

@@ -20,15 +20,13 @@ face `x1 y1 w h blur expression illumination invalid occlusion pose`. Quirks kep
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from isrn_model.wider_eval.ground_truth import ATTRIBUTES
+from isrn_model.wider_eval.mat_files import mat_file_names
 
 SPLITS = ("train", "val", "test")
-ATTRIBUTES = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
-SETTINGS = ("easy", "medium", "hard")
 
 
 class WiderFormatError(ValueError):
@@ -234,7 +232,7 @@ class WiderLayout:
         """The val .mat files present: `ground_truth/` (evaluation tool) then `wider_face_split/`."""
         found: dict[str, Path] = {}
         for folder in (self.root / "wider_face_split", self.root / "ground_truth"):
-            for name in ("wider_face_val.mat", *(f"wider_{s}_val.mat" for s in SETTINGS)):
+            for name in mat_file_names("val").values():
                 if (folder / name).is_file():
                     found[name] = folder / name
         return found
@@ -243,57 +241,3 @@ class WiderLayout:
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-
-
-# ---------------------------------------------------------------- val .mat files
-
-
-@dataclass(frozen=True)
-class ValGroundTruth:
-    """The official val ground truth: per event, per image, boxes and per-setting `gt_list`s.
-
-    `boxes[(event, name)]` is int32 [N, 4] (x, y, w, h); `counted[setting][(event, name)]` the
-    0-based indices of the faces that count in that setting (the .mat stores them 1-based).
-    """
-
-    events: tuple[str, ...]
-    files: dict[str, tuple[str, ...]]
-    boxes: dict[tuple[str, str], np.ndarray]
-    counted: dict[str, dict[tuple[str, str], np.ndarray]]
-
-
-def _cell_str(value: np.ndarray) -> str:
-    return str(np.asarray(value).reshape(-1)[0])
-
-
-def iter_mat_images(mat: dict) -> Iterator[tuple[int, int, str, str]]:
-    """(event index, image index, event, name) over a loaded WIDER .mat."""
-    for e, event_cell in enumerate(mat["event_list"][:, 0]):
-        event = _cell_str(event_cell)
-        for j, name_cell in enumerate(mat["file_list"][e, 0][:, 0]):
-            yield e, j, event, _cell_str(name_cell)
-
-
-def load_val_ground_truth(files: dict[str, Path]) -> ValGroundTruth:
-    """Read `wider_face_val.mat` and `wider_{easy,medium,hard}_val.mat` (paths by file name)."""
-    import scipy.io
-
-    missing = [s for s in SETTINGS if f"wider_{s}_val.mat" not in files]
-    if missing:
-        raise FileNotFoundError(f"val ground truth lacks wider_{{{','.join(missing)}}}_val.mat")
-    base = scipy.io.loadmat(files.get("wider_face_val.mat", files["wider_hard_val.mat"]))
-    events, by_event, boxes = [], {}, {}
-    for e, j, event, name in iter_mat_images(base):
-        if event not in by_event:
-            events.append(event)
-            by_event[event] = []
-        by_event[event].append(name)
-        boxes[(event, name)] = np.asarray(base["face_bbx_list"][e, 0][j, 0], dtype=np.int32).reshape(-1, 4)
-    counted: dict[str, dict[tuple[str, str], np.ndarray]] = {}
-    for setting in SETTINGS:
-        mat = scipy.io.loadmat(files[f"wider_{setting}_val.mat"])
-        counted[setting] = {
-            (event, name): np.asarray(mat["gt_list"][e, 0][j, 0], dtype=np.int64).reshape(-1) - 1
-            for e, j, event, name in iter_mat_images(mat)
-        }
-    return ValGroundTruth(tuple(events), {k: tuple(v) for k, v in by_event.items()}, boxes, counted)

@@ -60,22 +60,42 @@ def _anchors_cached(sizes: tuple[tuple[int, int, int], ...]) -> np.ndarray:
     return anchors
 
 
-def anchors_for_feature_sizes(levels: tuple[int, ...], feature_sizes: list[tuple[int, int]]) -> Tensor:
-    """All anchors for the given levels and their feature-map sizes ``(H_l, W_l)``.
+def anchors_for_feature_sizes(
+    levels: tuple[int, ...], feature_sizes: list[tuple[int, int]], device: torch.device | str = "cpu"
+) -> Tensor:
+    """All anchors for the given levels and their feature-map sizes ``(H_l, W_l)``, on ``device``.
 
-    Returns Tensor[N, 4] float32 xyxy pixels (a fresh tensor), levels concatenated in the given order.
+    Returns Tensor[N, 4] float32 xyxy pixels, levels concatenated in the given order. The tensor is
+    cached per (levels, sizes, device) and shared by every caller: **read it, never write into it**.
+    A forward pass then neither rebuilds the anchors nor copies them from the host (on a GPU that
+    copy is a host synchronisation). While ``torch.export`` or ``torch.compile`` traces, a fresh
+    tensor is built instead: one made there would be a fake tensor, useless to cache.
     """
     if len(levels) != len(feature_sizes):
         raise ValueError(f"got {len(levels)} levels but {len(feature_sizes)} feature sizes")
-    return torch.tensor(_anchors_cached(tuple((lvl, int(h), int(w)) for lvl, (h, w) in zip(levels, feature_sizes))))
+    sizes = tuple((lvl, int(h), int(w)) for lvl, (h, w) in zip(levels, feature_sizes))
+    device = torch.device(device)
+    if torch.compiler.is_compiling():
+        return torch.tensor(_anchors_cached(sizes), device=device)
+    return _anchors_on_device(sizes, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _anchors_on_device(sizes: tuple[tuple[int, int, int], ...], device: torch.device) -> Tensor:
+    # One host→device copy per (sizes, device), ever; multi-scale test uses a handful of sizes. Made
+    # outside inference mode, so a first call from an eval loop does not cache an inference tensor
+    # that training could not use.
+    with torch.inference_mode(False):
+        return torch.from_numpy(_anchors_cached(sizes).copy()).to(device)
 
 
 def anchors_for_image(height: int, width: int, levels: tuple[int, ...] = (2, 3, 4, 5, 6, 7)) -> Tensor:
     """Anchors for an input of ``height`` × ``width`` (each a multiple of the largest stride).
 
-    Returns Tensor[N, 4] float32 xyxy pixels.
+    Returns Tensor[N, 4] float32 xyxy pixels, on the host (a fresh tensor).
     """
     top = level_stride(max(levels))
     if height % top or width % top:
         raise ValueError(f"image size {height}×{width} is not a multiple of the largest stride {top}")
-    return anchors_for_feature_sizes(levels, [(height // level_stride(lvl), width // level_stride(lvl)) for lvl in levels])
+    sizes = [(height // level_stride(lvl), width // level_stride(lvl)) for lvl in levels]
+    return anchors_for_feature_sizes(levels, sizes).clone()

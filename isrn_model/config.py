@@ -5,7 +5,7 @@ validated pydantic dataclasses whose field docstrings are their descriptions). T
 them as ``model:``, ``loss:`` and ``inference:``; ``to_dict()`` / ``from_dict()`` round-trip them
 through plain Python values and reject unknown keys by name.
 
-Provenance tags follow ``shared/ISRN.md``: [code] released SRN code, [paper] the SRN/ISRN papers,
+Provenance tags follow ``docs/model.md``: [code] released SRN code, [paper] the SRN/ISRN papers,
 [notes] secondary summaries, [ours] our reconstruction or choice.
 """
 
@@ -104,8 +104,8 @@ class LossConfig(Section):
     """Also make each face's best anchor(s) positive even below the face threshold [ours, as
     RetinaNet/Faster R-CNN], so tiny and oddly shaped faces get a target in both steps."""
     stc_filter_regression: bool = False
-    """False: STC removes easy negatives from the second-step *classification* loss only, as ISRN.md
-    says. True [ours, this code's behaviour before issue 14]: the second-step box loss also skips
+    """False: STC removes easy negatives from the second-step *classification* loss only, as docs/model.md
+    says. True [ours, this code's earlier behaviour]: the second-step box loss also skips
     positives whose first-step face probability is at most 1 − θ."""
     smooth_l1_beta: float = Field(default=1.0 / 9.0, ge=0)
     """Smooth-L1 transition point (1/9 [ours, Detectron's RetinaNet]); deltas carry no variances,

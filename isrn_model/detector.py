@@ -24,7 +24,7 @@ from isrn_model.boxes import degenerate_boxes
 from isrn_model.config import LEVELS, InferenceConfig, LossConfig, ModelConfig
 from isrn_model.postprocess import dense_predictions, select_detections
 from isrn_model.stc_str import TwoStepOutputs
-from isrn_model.targets import compute_losses
+from isrn_model.targets import PaddedBoxes, compute_losses
 
 IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -72,7 +72,7 @@ class ISRN(nn.Module):
         """
         x = self.preprocess(images)
         if self.training:
-            gt_boxes = self._validate_targets(targets, images.shape[0])
+            gt_boxes = self._validate_targets(targets, images.shape[0], x.device)
             return compute_losses(self.two_step_outputs(x), gt_boxes, self.loss_config,
                                   stc_threshold=self.model_config.stc_threshold)
         if image_sizes is None:
@@ -129,7 +129,7 @@ class ISRN(nn.Module):
         cfg = self.model_config
         first, second = self.neck(self.backbone(x))
         sizes = [tuple(p.shape[-2:]) for p in second]
-        anchors = anchors_for_feature_sizes(LEVELS, sizes).to(x.device)
+        anchors = anchors_for_feature_sizes(LEVELS, sizes, x.device)  # cached per (sizes, device)
         counts = [NUM_ANCHORS * h * w for h, w in sizes]
         head1, head2 = self.heads[0], self.heads[-1]
         return TwoStepOutputs(
@@ -147,26 +147,32 @@ class ISRN(nn.Module):
         return [NUM_ANCHORS * (ph >> lvl) * (pw >> lvl) for lvl in LEVELS]
 
     @staticmethod
-    def _validate_targets(targets: list[dict[str, Tensor]] | None, batch: int) -> list[Tensor]:
+    def _validate_targets(targets: list[dict[str, Tensor]] | None, batch: int, device: torch.device) -> PaddedBoxes:
+        """Check the targets and pad their boxes onto ``device``: one host synchronisation for the batch
+        (whether any box is degenerate); which one is looked for only when one is."""
         if targets is None:
             raise ValueError("targets are required in training mode (model.train()); call model.eval() to detect")
         if not isinstance(targets, (list, tuple)) or len(targets) != batch:
             raise ValueError(f"targets must be a list of {batch} dicts (one per image), got {type(targets).__name__}"
                              f"{'' if not hasattr(targets, '__len__') else f' of length {len(targets)}'}")
-        out = []
+        boxes = []
         for i, target in enumerate(targets):
             if not isinstance(target, dict) or "boxes" not in target:
                 raise ValueError(f"target {i} must be a dict with key 'boxes'")
-            boxes = target["boxes"]
-            if not isinstance(boxes, Tensor) or not boxes.is_floating_point():
+            b = target["boxes"]
+            if not isinstance(b, Tensor) or not b.is_floating_point():
                 raise TypeError(f"target {i} 'boxes' must be a float tensor, got "
-                                f"{boxes.dtype if isinstance(boxes, Tensor) else type(boxes).__name__}")
-            if boxes.ndim != 2 or boxes.shape[1] != 4:
-                raise ValueError(f"target {i} 'boxes' must have shape [N, 4], got {list(boxes.shape)}")
-            bad = degenerate_boxes(boxes).nonzero().flatten()
-            if bad.numel():
-                j = int(bad[0])
-                raise ValueError(f"target {i} box {j} is degenerate (need x2 > x1, y2 > y1, finite): "
-                                 f"{boxes[j].tolist()}")
-            out.append(boxes)
-        return out
+                                f"{b.dtype if isinstance(b, Tensor) else type(b).__name__}")
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise ValueError(f"target {i} 'boxes' must have shape [N, 4], got {list(b.shape)}")
+            boxes.append(b)
+        # Padded first, checked in float32 (the dtype the losses use), then one sync for the batch.
+        gt = PaddedBoxes.from_list(boxes, device)
+        if bool((degenerate_boxes(gt.boxes.flatten(0, 1)).view(gt.valid.shape) & gt.valid).any()):
+            for i, b in enumerate(boxes):  # the error path: find the first bad box by name
+                bad = degenerate_boxes(b.float()).nonzero().flatten()
+                if bad.numel():
+                    j = int(bad[0])
+                    raise ValueError(f"target {i} box {j} is degenerate (need x2 > x1, y2 > y1, finite): "
+                                     f"{b[j].tolist()}")
+        return gt

@@ -39,7 +39,7 @@ class FrozenBatchNorm2d(nn.Module):
 def group_norm(num_channels: int, num_groups: int = 32, min_group_channels: int = 1) -> nn.GroupNorm:
     """GroupNorm with ``gcd(num_groups, num_channels // min_group_channels)`` groups [ours].
 
-    Equals ``num_groups`` for every layer of the full-width model (ISRN.md: GroupNorm(32) in the
+    Equals ``num_groups`` for every layer of the full-width model (docs/model.md: GroupNorm(32) in the
     backbone, FPN and head; the root stem's 32-channel convs get one channel per group); narrow demo
     layers get fewer groups so they build.
     """

@@ -17,28 +17,30 @@ import torch
 from torch import Tensor
 
 from isrn_model.box_coding import decode
-from isrn_model.boxes import box_area, clip_boxes, nms, nms_fixed_shape
+from isrn_model.boxes import box_area, clip_boxes
 from isrn_model.config import InferenceConfig
+from isrn_model.nms import nms_each, nms_fixed_shape
 from isrn_model.stc_str import TwoStepOutputs, second_step_references, stc_keep_masks
 
 
 def dense_predictions(out: TwoStepOutputs, stc_face_threshold: float) -> tuple[Tensor, Tensor]:
     """(scores Tensor[B, N], boxes Tensor[B, N, 4] xyxy pixels) for all N anchors, levels concatenated.
 
-    Scores of anchors removed by the STC filter are 0.
+    Float32 whatever the heads' dtype (under bf16 autocast they emit bf16). Scores of anchors removed
+    by the STC filter are 0.
     """
     batch = out.batch_size
     refs = second_step_references(out.levels, out.anchors, out.box1, batch)
     keep = stc_keep_masks(out.levels, out.cls1, out.counts, batch, stc_face_threshold, out.cls2[0].device)
-    scores = torch.cat([torch.sigmoid(c) * k.to(c.dtype) for c, k in zip(out.cls2, keep)], dim=1)
-    boxes = torch.cat([decode(r, d) for r, d in zip(refs, out.box2)], dim=1)
+    scores = torch.cat([torch.sigmoid(c.float()) * k.float() for c, k in zip(out.cls2, keep)], dim=1)
+    boxes = torch.cat([decode(r, d.float()) for r, d in zip(refs, out.box2)], dim=1)
     return scores, boxes
 
 
 def select_detections(
     scores: Tensor, boxes: Tensor, counts: list[int], image_sizes: list[tuple[int, int]], cfg: InferenceConfig
 ) -> list[dict[str, Tensor]]:
-    """Per-image detections from dense predictions.
+    """Per-image detections from dense predictions, with two host synchronisations for the batch (GPU).
 
     Args:
         scores: Tensor[B, N]; boxes: Tensor[B, N, 4] xyxy pixels (from :func:`dense_predictions`).
@@ -47,28 +49,46 @@ def select_detections(
         cfg: thresholds.
 
     Returns:
-        per image ``{"boxes": Tensor[K, 4] xyxy pixels, "scores": Tensor[K]}``, by descending score,
-        K ≤ ``cfg.keep_top_k``.
+        per image ``{"boxes": Tensor[K, 4] xyxy pixels, "scores": Tensor[K]}`` float32, by descending
+        score (ties: by anchor index), K ≤ ``cfg.keep_top_k``.
+
+    The candidates (score above the threshold, among the ``pre_nms_top_k`` best of their level, not
+    empty once clipped) are marked on the whole batch with fixed shapes; their count per image is the
+    first synchronisation, :func:`~isrn_model.nms.nms_each` over every image the second (on a GPU;
+    on the CPU, where a read costs nothing, NMS reads its boxes in blocks).
     """
-    results = []
-    for i, (height, width) in enumerate(image_sizes):
-        kept_scores, kept_boxes, start = [], [], 0
-        for n in counts:
-            s = scores[i, start:start + n]
-            b = boxes[i, start:start + n]
-            start += n
-            idx = (s > cfg.score_threshold).nonzero().squeeze(1)
-            if idx.numel() > cfg.pre_nms_top_k:
-                idx = idx[s[idx].topk(cfg.pre_nms_top_k).indices]
-            kept_scores.append(s[idx])
-            kept_boxes.append(b[idx])
-        s = torch.cat(kept_scores)
-        b = clip_boxes(torch.cat(kept_boxes), height, width)
-        nonempty = box_area(b) > 0  # boxes wholly in the padding clip to nothing
-        s, b = s[nonempty], b[nonempty]
-        keep = nms(b, s, cfg.nms_threshold, max_keep=cfg.keep_top_k)
-        results.append({"boxes": b[keep], "scores": s[keep]})
-    return results
+    scores, boxes = scores.float(), boxes.float()
+    batch, n_anchors = scores.shape
+    selected = scores > cfg.score_threshold
+    start = 0
+    for n in counts:
+        if n > cfg.pre_nms_top_k:  # only a level with more anchors than that can need the cut
+            level = torch.where(selected[:, start:start + n], scores[:, start:start + n], -1.0)
+            top = level.topk(cfg.pre_nms_top_k, dim=1).indices
+            best = torch.zeros_like(selected[:, start:start + n]).scatter_(1, top, True)
+            selected[:, start:start + n] &= best
+        start += n
+    boxes = torch.stack([clip_boxes(b, height, width) for b, (height, width) in zip(boxes, image_sizes)])
+    selected &= box_area(boxes) > 0  # boxes wholly in the padding clip to nothing
+
+    per_image = selected.sum(dim=1).tolist()  # synchronisation 1: the candidates' count per image
+    flat = _compact(selected.flatten(), sum(per_image))  # ascending (image, anchor)
+    flat_scores, flat_boxes = scores.flatten()[flat], boxes.flatten(0, 1)[flat]
+    image_scores = list(flat_scores.split(per_image))
+    image_boxes = list(flat_boxes.split(per_image))
+    keeps = nms_each(image_boxes, image_scores, cfg.nms_threshold, max_keep=cfg.keep_top_k)  # synchronisation 2
+    return [{"boxes": b[keep], "scores": s[keep]} for b, s, keep in zip(image_boxes, image_scores, keeps)]
+
+
+def _compact(mask: Tensor, count: int) -> Tensor:
+    """Indices of the True entries of ``mask`` (Tensor[M] bool, ``count`` of them), ascending.
+
+    ``mask.nonzero()`` without its synchronisation: the caller already knows the count. Each True
+    entry goes to its rank among the True entries; the False ones to a spare last slot.
+    """
+    rank = torch.where(mask, mask.cumsum(0) - 1, count)
+    index = torch.arange(mask.shape[0], device=mask.device)
+    return index.new_zeros(count + 1).scatter_(0, rank, index)[:count]
 
 
 def select_detections_fixed(

@@ -32,12 +32,13 @@ def second_step_references(
         batch_size: B.
 
     Returns:
-        per level Tensor[B, n_l, 4] xyxy: ``decode(anchors, box1)`` on STR levels, the anchors elsewhere.
+        per level Tensor[B, n_l, 4] xyxy float32: ``decode(anchors, box1)`` on STR levels, the anchors
+        elsewhere. Deltas are decoded in float32 even if the heads ran under bf16 autocast.
     """
     refs = []
     for level, anchors_l in zip(levels, anchors):
         if level in box1:
-            refs.append(decode(anchors_l[None].expand_as(box1[level]), box1[level]))
+            refs.append(decode(anchors_l[None].expand_as(box1[level]), box1[level].float()))
         else:
             refs.append(anchors_l[None].expand(batch_size, -1, -1))
     return refs
@@ -53,7 +54,8 @@ def stc_keep_masks(
         levels: the pyramid levels, in order.
         cls1: first-step face logits Tensor[B, n_l] for each STC level.
         counts: n_l per level.
-        face_threshold: survive iff sigmoid(logit) > this (1 − θ = 0.01).
+        face_threshold: survive iff sigmoid(logit) > this (1 − θ = 0.01), computed in float32: in
+            bf16 the probabilities near 0.01 are 6e-5 apart, so the filter would move with the dtype.
         device: device of the all-True masks.
 
     Returns:
@@ -62,7 +64,7 @@ def stc_keep_masks(
     masks = []
     for level, n in zip(levels, counts):
         if level in cls1:
-            masks.append(torch.sigmoid(cls1[level]) > face_threshold)
+            masks.append(torch.sigmoid(cls1[level].float()) > face_threshold)
         else:
             masks.append(torch.ones(batch_size, n, dtype=torch.bool, device=device))
     return masks

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isrn_model.boxes import box_iou, clip_boxes
+from isrn_model.boxes import clip_boxes
 from isrn_model.config import InferenceConfig
+from isrn_model.nms import overlap_bits
 
 SMALL_RUN_MIN_SIDE = 30.0
 """Down-scaled runs keep only boxes whose longer side exceeds this (px, original image) [code]."""
@@ -38,26 +40,53 @@ def box_vote(dets: Tensor, iou_threshold: float, keep_top_k: int) -> Tensor:
     Repeatedly take the highest-scored box and every box with IoU ≥ ``iou_threshold`` with it; the
     group becomes one box, the score-weighted mean of its coordinates with the group's highest score.
     A group of one box is dropped, as in the released code. At most ``keep_top_k`` boxes are returned.
+
+    The group leaders are the boxes greedy NMS keeps (suppressing at IoU ≥ the threshold), and every
+    other box joins the first leader that overlaps it that much: the overlaps are computed on the
+    device (:func:`~isrn_model.nms.overlap_bits`), the grouping runs on the host over one copy of
+    them, and the weighted means are one ``index_add`` on the device. One host synchronisation.
     """
     dets = dets[dets[:, 4].argsort(descending=True)]
-    iou = box_iou(dets[:, :4], dets[:, :4])
-    alive = torch.ones(dets.shape[0], dtype=torch.bool)
-    merged = []
-    for i in range(dets.shape[0]):
-        if not alive[i]:
-            continue
-        group = alive & (iou[i] >= iou_threshold)
-        group[i] = True
-        alive &= ~group
-        if int(group.sum()) <= 1:
-            continue
-        members = dets[group]
-        weights = members[:, 4:5]
-        box = (members[:, :4] * weights).sum(0) / weights.sum()
-        merged.append(torch.cat([box, members[:, 4].max()[None]]))
-        if len(merged) >= keep_top_k:
+    n = dets.shape[0]
+    bits = overlap_bits(dets[:, :4], iou_threshold, inclusive=True).numpy(force=True)  # the synchronisation
+    group, leaders, sizes = _vote_groups(bits, n, keep_top_k)
+    index = torch.from_numpy(group).to(dets.device, non_blocking=True)
+    merged = np.flatnonzero(sizes > 1)[:keep_top_k]
+    weights = dets[:, 4]
+    sums = dets.new_zeros(len(leaders) + 1, 4).index_add_(0, index, dets[:, :4] * weights[:, None])
+    totals = dets.new_zeros(len(leaders) + 1).index_add_(0, index, weights)
+    take = torch.from_numpy(merged).to(dets.device, non_blocking=True)
+    first = torch.from_numpy(leaders[merged]).to(dets.device, non_blocking=True)
+    # The group's highest score is its leader's: the boxes are visited by descending score.
+    return torch.cat([sums[take] / totals[take, None], dets[first, 4:5]], dim=1)
+
+
+def _vote_groups(bits: np.ndarray, n: int, keep_top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The groups of :func:`box_vote` from its overlap bits (rows by descending score).
+
+    Returns (group of each box, int64 [n]: its leader's rank, or the spare index ``len(leaders)``
+    for boxes left unvisited once ``keep_top_k`` groups of two or more are formed; leaders, int64
+    [L]: their positions; sizes, int64 [L]: boxes per group).
+    """
+    removed = np.zeros(bits.shape[1] if n else 0, dtype=np.uint8)
+    group = np.full(n, -1, dtype=np.int64)
+    leaders, sizes = [], []
+    merged = 0
+    for i in range(n):
+        if merged >= keep_top_k:
             break
-    return torch.stack(merged) if merged else dets.new_zeros((0, 5))
+        if (removed[i >> 3] >> (i & 7)) & 1:
+            continue
+        joined = bits[i] & ~removed  # the boxes still alive that overlap i enough
+        members = np.flatnonzero(np.unpackbits(joined, bitorder="little")[:n])
+        group[i] = len(leaders)
+        group[members] = len(leaders)
+        leaders.append(i)
+        sizes.append(1 + len(members))
+        merged += sizes[-1] > 1
+        np.bitwise_or(removed, joined, out=removed)
+    group[group < 0] = len(leaders)
+    return group, np.asarray(leaders, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
 
 
 def _run(model: nn.Module, image: Tensor, scale: float, flip: bool) -> Tensor:
@@ -74,7 +103,9 @@ def _run(model: nn.Module, image: Tensor, scale: float, flip: bool) -> Tensor:
     if flip:
         run_width = x.shape[-1]
         boxes = torch.stack([run_width - boxes[:, 2], boxes[:, 1], run_width - boxes[:, 0], boxes[:, 3]], dim=1)
-    boxes = boxes * torch.tensor([width / x.shape[-1], height / x.shape[-2]] * 2)
+    # Python scalars, not a host-made tensor: on a GPU that one would sit on the CPU.
+    sx, sy = width / x.shape[-1], height / x.shape[-2]
+    boxes = torch.stack([boxes[:, 0] * sx, boxes[:, 1] * sy, boxes[:, 2] * sx, boxes[:, 3] * sy], dim=1)
     return torch.cat([boxes, scores[:, None]], dim=1)
 
 

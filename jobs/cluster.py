@@ -1,6 +1,6 @@
 """Can the Ray cluster hold a job's workers, now or once its autoscaler adds nodes?
 
-Ray Train retries an infeasible worker group forever (shared/PLATFORM.md), so a job asks first:
+Ray Train retries an infeasible worker group forever (docs/platform-notes.md), so a job asks first:
 
     verdict = placement_verdict(bundles, nodes, node_types)        # pure, below
     wait_for_resources(bundles, timeout_s=600, what="scaling: 8 workers")   # the Ray adapter

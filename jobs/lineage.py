@@ -7,12 +7,14 @@ versions copy them from their run (`jobs/promotion/registry.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 from pathlib import Path
 
 from jobs import tags
+from jobs.errors import ConfigError
 from jobs.spec import JobSpec
 
 
@@ -56,3 +58,44 @@ def submission_id() -> str:
     except ValueError:
         return ""
     return str((config.get("metadata") or {}).get("job_submission_id", ""))
+
+
+def pin_init_from(spec: JobSpec, tracking_uri: str) -> tuple[JobSpec, dict[str, str]]:
+    """The spec with `model.init_from` pinned to a registered model version, and the run tags that
+    record where its starting weights came from.
+
+    `models:/NAME@ALIAS` names whatever version the alias points to when it is read: resolved once
+    here, on the driver, every worker loads the same version (`models:/NAME/VERSION`), and the run
+    records it, with the run that produced it, even after the alias moves on (ISRN's stage 2 names
+    stage 1's run so). Other sources (`models:/NAME/VERSION`, `runs:/…`, checkpoints) are kept as
+    given; a version names its run too.
+    """
+    uri = spec.model.init_from
+    if not uri:
+        return spec, {}
+    found = {tags.INIT_FROM: uri}
+    if not uri.startswith("models:/") or uri.startswith("models:/m-"):
+        return spec, found
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, alias = uri[len("models:/"):].partition("@")[::2]
+    client = MlflowClient(tracking_uri)
+    try:
+        if alias:
+            version = client.get_model_version_by_alias(name, alias)
+        elif "/" in name:
+            version = client.get_model_version(*name.rsplit("/", 1))
+        else:
+            return spec, found
+    except MlflowException as error:
+        raise ConfigError(f"model.init_from: {uri}: {error.message}; promote a model there first "
+                          f"(`isrn promote SPEC`), or give another model URI or checkpoint") from None
+    pinned = f"models:/{version.name}/{version.version}"
+    found[tags.INIT_FROM_VERSION] = f"{version.name}/{version.version}"
+    found[tags.INIT_FROM_RUN] = version.run_id or ""
+    found["mlflow.note.content"] = (
+        f"Starts from the weights of [{version.name} version {version.version}]"
+        f"(#/models/{version.name}/versions/{version.version})" + (f" ({uri} when it started)" if alias else "")
+        + (f", trained by run `{version.run_id}`" if version.run_id else "") + ": see `init_from/report.md`.")
+    return dataclasses.replace(spec, model=dataclasses.replace(spec.model, init_from=pinned)), found

@@ -7,6 +7,8 @@ here once, a typo fails at import instead of logging a metric nobody reads.
 
 from __future__ import annotations
 
+from typing import Any
+
 from isrn_model.wider_eval import SETTINGS
 
 # ---- evaluation: the official WIDER FACE AP of the evaluated weights
@@ -17,6 +19,11 @@ VAL_AP_HARD = VAL_AP["hard"]
 AP_METRICS: tuple[str, ...] = tuple(VAL_AP.values())
 BEST_VAL_AP: dict[str, str] = {setting: f"best_{name}" for setting, name in VAL_AP.items()}
 """On the run, after training: the AP of the checkpoint logged as the run's model."""
+BREAKDOWN_SETTING = "hard"
+"""The setting whose AP per face attribute and size is logged at every evaluation."""
+BREAKDOWN_PREFIX = f"{VAL_AP[BREAKDOWN_SETTING]}_"
+"""`val_ap_hard_<attribute>_<value>` / `val_ap_hard_size_<band>`: Hard AP of one face subset
+(`isrn_model.wider_eval.subsets`), e.g. `val_ap_hard_occlusion_heavy`; a subset without a face has none."""
 BEST_EPOCH = "best_epoch"
 BEST_STEP = "best_step"
 
@@ -52,3 +59,9 @@ EVENT_METRICS = frozenset({RESUMED_FROM_STEP})
 
 def time_share(part: str) -> str:
     return f"{TIME_SHARE_PREFIX}{part}"
+
+
+def breakdown_metrics(breakdown: Any) -> dict[str, float]:
+    """The `val_ap_hard_<subset>` metrics of a `WiderBreakdown` (subsets without a face left out)."""
+    return {name: value for name, value in breakdown.to_metrics(prefix="val_ap").items()
+            if name.startswith(BREAKDOWN_PREFIX)}

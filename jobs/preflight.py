@@ -15,6 +15,7 @@ that does not answer fails with `ServiceUnavailableError` naming its URL (jobs/e
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import socket
@@ -100,10 +101,23 @@ def read_fingerprints(spec: JobSpec, env: JobEnvironment) -> dict[str, str]:
             )
         if split == "val" and not manifest.ground_truth:
             raise ConfigError(f"data.shards: the val split at {url} carries no ground-truth .mat files")
+        if manifest.boxes != spec.data.boxes:
+            raise ConfigError(f"data.boxes: the spec trains on {spec.data.boxes} boxes, but the {split} shards at "
+                              f"{url} hold {manifest.boxes} boxes: set data.boxes: {manifest.boxes}, or build the "
+                              f"shards with --boxes {spec.data.boxes}")
         if split == "train":
             check_batch_fits(spec, manifest.samples, url)
-        fingerprints[split] = manifest.annotation_sha256[:16]
+        fingerprints[split] = data_fingerprint(manifest)
     return fingerprints
+
+
+def data_fingerprint(manifest: Manifest) -> str:
+    """What the run tags as its data (`isrn.train_manifest` / `isrn.val_manifest`; promotion compares
+    models only on the same val data): the annotation file's sha256, and the box kind when it is not
+    faces, since one COCO file gives face and person boxes (16 hex digits)."""
+    if manifest.boxes == "face":
+        return manifest.annotation_sha256[:16]
+    return hashlib.sha256(f"{manifest.annotation_sha256}:{manifest.boxes}".encode()).hexdigest()[:16]
 
 
 def check_batch_fits(spec: JobSpec, train_samples: int, url: str) -> None:

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from data_shards.config import LoaderConfig, SynthConfig
 from isrn_model.config import InferenceConfig, LossConfig, ModelConfig
 from isrn_model.section import Section, config_section, section_fields
+from jobs.credentials import is_credential
 from jobs.errors import ConfigError
 from jobs.overrides import apply_overrides
 from jobs.tune.config import TuneConfig
@@ -66,6 +67,9 @@ class DataConfig(Section):
     """Shard root URL holding `train/` and `val/` manifests (s3://bucket/prefix or a path)."""
     synth: SynthDataConfig | None = None
     """Generate the data set and shards when they are missing (None: they must exist)."""
+    boxes: Literal["face", "person"] = "face"
+    """What the shards' boxes outline: faces (WIDER FACE; COCO-WholeBody's face boxes), or whole
+    persons (COCO's person boxes). Checked against the shards' manifests before training."""
 
     _shards_bucket = field_validator("shards")(_bucketed)
 
@@ -139,6 +143,9 @@ class EvalConfig(Section):
     amp: bool = True
     """GPU only: the network runs under bf16 autocast during evaluation (post-processing stays float32);
     ignored on CPU."""
+    gallery_images: int = Field(default=64, ge=0)
+    """Val images rank 0 keeps in memory during an evaluation (at val resolution) to crop the
+    gallery of missed faces and false positives from; 0: no gallery."""
 
 
 @config_section
@@ -149,6 +156,11 @@ class CheckpointConfig(Section):
     """A checkpoint every this many steps besides each epoch end (None: epoch ends only)."""
     keep: int = Field(default=2, gt=0)
     """Best evaluated checkpoints kept by their own AP Hard (the latest is kept too, to resume)."""
+    lease_timeout_s: float = Field(default=120, ge=1)
+    """A run is written by one job at a time, which holds a lease in the run's storage folder and
+    renews it every quarter of this (jobs/train/lease.py). A job that finds the lease of a driver
+    that died (a lost head pod, a killed submitter) takes the run over once the lease has gone this
+    long without renewal; a live one's is never taken."""
 
     _storage_bucket = field_validator("storage")(_bucketed)
 
@@ -238,15 +250,16 @@ class JobSpec(Section):
 
     def flat_params(self) -> dict[str, str]:
         """The spec flattened to `section.field` keys, as MLflow params (no nested dicts)."""
-        return {key: _param_value(value) for key, value in _flatten(self.to_dict()).items()}
+        return {key: _param_value(value) for key, value in flatten(self.to_dict()).items()}
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested spec tree as `section.field` -> leaf value (an empty section is a leaf)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{name}."))
         else:
             flat[name] = value
     return flat
@@ -279,6 +292,7 @@ def expand_env(node: Any, source: str, field: str = "") -> Any:
     cluster's ConfigMap or `isrn platform env` sets the variable, the default is the local platform's
     bucket. As in the shell, the default applies when VAR is unset or empty; a `${VAR}` without one
     must be set and non-empty. Only the braced forms are read: any other `$` is left as written.
+    A variable named like a credential (jobs/credentials.py) is refused, set or not, default or not.
     """
     if isinstance(node, dict):
         return {key: expand_env(value, source, f"{field}.{key}" if field else str(key)) for key, value in node.items()}
@@ -289,6 +303,12 @@ def expand_env(node: Any, source: str, field: str = "") -> Any:
 
     def value(match: re.Match[str]) -> str:
         name, default = match["name"], match["default"]
+        if is_credential(name):
+            raise ConfigError(
+                f"{source}: {field}: ${{{name}}} names a credential, which a spec may not read: the resolved "
+                f"spec is logged to MLflow (params and an artifact) and travels with the job. The processes that "
+                f"need {name} read it from their own environment (the local platform's head, a Kubernetes Secret, "
+                f"an IAM role); write the value the field needs instead")
         if os.environ.get(name):
             return os.environ[name]
         if default is not None:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import shlex
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from jobs.credentials import is_credential
 from jobs.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,7 @@ log = logging.getLogger(__name__)
 SPEC_FILE = "job_spec.yaml"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-"""What Ray's JobSubmissionClient prefers to the address it is handed (shared/PLATFORM.md)."""
-CREDENTIAL = re.compile(r"(SECRET|PASSWORD|TOKEN|CREDENTIAL|PRIVATE_KEY|^AWS_ACCESS_KEY_ID$)", re.IGNORECASE)
+"""What Ray's JobSubmissionClient prefers to the address it is handed (docs/platform-notes.md)."""
 
 
 class SubmissionError(ValueError):
@@ -101,7 +100,7 @@ def parse_env(items: tuple[str, ...], environ: Mapping[str, str]) -> dict[str, s
         key, sep, value = item.partition("=")
         if not key:
             raise SubmissionError(f"--env {item!r}: expected KEY=VALUE or KEY")
-        if CREDENTIAL.search(key):
+        if is_credential(key):
             raise SubmissionError(
                 f"--env {key}: credentials never travel with a job (the Ray dashboard shows a job's runtime "
                 f"environment to everyone who can reach it); give the cluster its own, as a Kubernetes Secret "
@@ -127,7 +126,7 @@ def read_runtime_env(path: Path | None) -> dict[str, Any]:
     if "working_dir" in runtime_env:
         raise SubmissionError(f"--runtime-env {path}: working_dir is the resolved spec's folder; "
                               "use py_modules or pip for code")
-    bad = [key for key in runtime_env.get("env_vars") or {} if CREDENTIAL.search(key)]
+    bad = [key for key in runtime_env.get("env_vars") or {} if is_credential(key)]
     if bad:
         raise SubmissionError(f"--runtime-env {path}: env_vars {', '.join(bad)}: credentials never travel with a job")
     return runtime_env
@@ -140,7 +139,7 @@ def build_submission(spec: JobSpec, command: str, *, local: bool, python: str | 
 
     The resolved spec travels as the job's working_dir (uploaded by Ray), so the cluster runs exactly
     what was validated here. The entrypoint runs in a shell on the head, where `python` may be the
-    system interpreter (shared/PLATFORM.md): on the local head it is this environment's.
+    system interpreter (docs/platform-notes.md): on the local head it is this environment's.
     """
     interpreter = python or (sys.executable if local else "python")
     working_dir = Path(tempfile.mkdtemp(prefix="isrn-submit-"))

@@ -19,9 +19,25 @@ RAY_RUN_NAME = "isrn.ray_run_name"
 RAY_JOB_ID = "ray.job_id"
 RAY_SUBMISSION_ID = "ray.submission_id"
 
+# ---- where a run's starting weights came from (`model.init_from`)
+INIT_FROM = "isrn.init_from"
+"""`model.init_from` as the spec gave it (`models:/isrn-coco-pretrain@champion`)."""
+INIT_FROM_VERSION = "isrn.init_from.model_version"
+"""`NAME/VERSION` of the registered model version the alias named when the run started (the one loaded)."""
+INIT_FROM_RUN = "isrn.init_from.run_id"
+"""The MLflow run that produced that version (stage 1's run, for ISRN's stage 2)."""
+
 # ---- what training produced
 MODEL_URI = "isrn.model_uri"
 BEST_CHECKPOINT = "isrn.best_checkpoint"
+
+# ---- what happened to a run
+STORAGE_OUTAGES = "isrn.storage_outages"
+"""How many checkpoint-storage outages the run survived (absent: none)."""
+FAULT_PLAN = "isrn.fault_plan"
+"""The fault-injection plan that was active in the run (jobs/train/faults.py; a test's, never a user's)."""
+SPEC_CHANGES = "isrn.spec_changes"
+"""The spec fields a resume changed (`isrn train --resume RUN --allow-change`), oldest first."""
 
 # ---- Tune studies
 STUDY = "isrn.study"
@@ -54,6 +70,7 @@ LOCK_OWNER = "isrn.lock.owner"
 COMMAND = "isrn.command"
 
 LINEAGE = (SPEC, SPEC_FINGERPRINT, TRAIN_MANIFEST, VAL_MANIFEST, GIT_COMMIT, STUDY, TRIAL_ID, MODEL_URI,
+           INIT_FROM, INIT_FROM_VERSION, INIT_FROM_RUN,
            BEST_CHECKPOINT)
 """Run tags a registered model version copies from its run."""
 

@@ -23,6 +23,10 @@ is rounded, and the overlap itself is rounded half away from zero to 0 or 1. The
 therefore the *first* face in annotation order whose true IoU (with that rounding) is >= 0.5, not
 the best one. Published WIDER numbers were computed this way. `float_iou=True` gives the float
 variant of the popular Python ports instead (float IoU, the face of maximal IoU).
+
+Steps 1 to 3 do not depend on which faces count, so `match_detections` runs them once into a
+`Matching`, and `Matching.pr_curve` does step 4 for any set of counted faces: a setting here, a
+setting cut to the faces of one attribute value or size band in `breakdown.py`.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ _INT32_MIN = float(np.iinfo(np.int32).min)
 _INT32_MAX = float(np.iinfo(np.int32).max)
 _REALMIN_SINGLE = np.float32(np.finfo(np.float32).tiny)  # realmin('single'), the running max's start
 _REALMAX_SINGLE = np.float32(np.finfo(np.float32).max)  # realmax('single'), the running min's start
+_THRESHOLDS = 1 - np.arange(1, THRESHOLD_COUNT + 1) / THRESHOLD_COUNT  # double, as in MATLAB; decreasing
 
 
 @dataclass(frozen=True)
@@ -85,17 +90,93 @@ def evaluate(
     Raises:
         ValueError: a prediction array is not [N, 5] of finite numbers (names the image).
     """
+    matching = match_detections(predictions, ground_truth, float_iou=float_iou)
+    return result_of(matching, ground_truth)
+
+
+def result_of(matching: Matching, ground_truth: WiderGroundTruth) -> WiderResult:
+    """The official result per setting, from a matching of the same ground truth."""
+    ap, pr_curves, num_faces = {}, {}, {}
+    for setting in ground_truth.settings:
+        curve = matching.pr_curve(ground_truth.keep_mask(setting))
+        pr_curves[setting] = curve
+        ap[setting] = voc_ap(curve[:, 1], curve[:, 0])
+        num_faces[setting] = ground_truth.num_faces_in(setting)
+    return WiderResult(ap=ap, pr_curves=pr_curves, num_faces=num_faces, float_iou=matching.float_iou)
+
+
+@dataclass(frozen=True)
+class Matching:
+    """Every detection matched to the faces once, reduced to what any PR curve needs.
+
+    Which face a detection matches does not depend on which faces count (the setting only decides
+    what a match means: a hit on a counted face is proposed, a hit on another face is ignored), so
+    the matching is done once and the curve of any set of counted faces (a setting, or a setting
+    restricted to a subset of faces, see `breakdown.py`) is read from it in O(hits + faces).
+
+    A detection "counts from bin b" when its normalised score is >= the threshold 1 - (b + 1)/1000
+    and below the previous one: it is counted at thresholds b, b + 1, ..., 999 (0-based rows of the
+    PR curve). Bin `THRESHOLD_COUNT` means never (NaN score). Faces are numbered globally, as in
+    `WiderGroundTruth.face_offsets`.
+
+    Attributes:
+        hit_face: int64 [H]: the face each detection that matched a face hit, one entry per such
+            detection (images without faces or without detections contribute nothing, as in the
+            official tool, which skips them).
+        hit_bin: int64 [H]: the bin from which that detection counts.
+        first_hit_bin: int64 [F]: per face, the bin of its highest-scoring hit (the hit that makes it
+            found; later hits are duplicates); `THRESHOLD_COUNT` if never hit.
+        unmatched: int64 [THRESHOLD_COUNT]: per threshold, the detections matching no face that count
+            (always proposed: false positives in every setting).
+        float_iou: whether the float-IoU variant produced this.
+    """
+
+    hit_face: np.ndarray
+    hit_bin: np.ndarray
+    first_hit_bin: np.ndarray
+    unmatched: np.ndarray
+    float_iou: bool = False
+
+    @property
+    def num_faces(self) -> int:
+        return len(self.first_hit_bin)
+
+    def pr_curve(self, counted: np.ndarray) -> np.ndarray:
+        """The PR curve when the faces `counted` (bool [F]) count and every other face is ignored.
+
+        A hit on a counted face is proposed (found, or a duplicate: a false positive); a hit on any
+        other face is ignored (neither true nor false positive), as the official tool does with a
+        face outside the setting; a detection matching no face is a false positive.
+
+        Returns:
+            float64 array [THRESHOLD_COUNT, 2] of (precision, recall), as `WiderResult.pr_curves`.
+        """
+        counted = np.asarray(counted, bool)
+        if counted.shape != (self.num_faces,):
+            raise ValueError(f"counted must be a bool array [{self.num_faces}] over the faces; got shape {counted.shape}")
+        proposed_hits = np.bincount(self.hit_bin[counted[self.hit_face]], minlength=THRESHOLD_COUNT + 1)
+        found = np.bincount(self.first_hit_bin[counted], minlength=THRESHOLD_COUNT + 1)
+        # Counts are integers: the same float64 values however they are summed.
+        proposed_sum = (self.unmatched + np.cumsum(proposed_hits[:THRESHOLD_COUNT])).astype(np.float64)
+        recalled_sum = np.cumsum(found[:THRESHOLD_COUNT]).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.stack([recalled_sum / proposed_sum, recalled_sum / int(counted.sum())], axis=1)
+
+
+def match_detections(
+    predictions: Mapping[ImageKey, np.ndarray], ground_truth: WiderGroundTruth, *, float_iou: bool = False
+) -> Matching:
+    """Steps 1 to 3 of the official protocol (module docstring): sort, normalise, match.
+
+    Args and raises as `evaluate`.
+    """
     keys = set(ground_truth.keys())
     extra = [key for key in predictions if key not in keys]
     if extra:
         logger.warning("ignoring predictions for %d image(s) not in the ground truth, e.g. %s/%s", len(extra), *extra[0])
 
     # 1. Per image, stable sort by raw score, descending.
-    sorted_preds = []
-    for image in ground_truth.images:
-        boxes = _validated(image.key, predictions.get(image.key))
-        order = np.argsort(-boxes[:, 4], kind="stable")
-        sorted_preds.append(boxes[order])
+    sorted_preds = [sort_by_score(_validated(image.key, predictions.get(image.key))) for image in ground_truth.images]
 
     # 2. Single-precision min-max normalisation over every image of the ground truth.
     norm_scores = normalize_scores([boxes[:, 4] for boxes in sorted_preds])
@@ -103,47 +184,43 @@ def evaluate(
         logger.warning("all scores are equal: normalised scores are NaN (0/0, as in the official tool) and AP is 0")
 
     # 3. Matching, per image: the matched face of each detection, as a global face index (-1: none).
-    face_offsets = np.cumsum([0] + [len(image.boxes) for image in ground_truth.images])
-    matched_faces, scores = [], []
+    face_offsets = ground_truth.face_offsets()
+    matched_faces, bins = [], []
     for i, image in enumerate(ground_truth.images):
         boxes = sorted_preds[i]
         if len(image.boxes) == 0 or len(boxes) == 0:
             continue  # evaluation.m skips the image; its faces still count in the recall denominator
         local = match_faces(boxes[:, :4], image.boxes, float_iou=float_iou)
         matched_faces.append(np.where(local >= 0, local + face_offsets[i], -1))
-        scores.append(norm_scores[i].astype(np.float64))
-    matched_face = np.concatenate(matched_faces) if matched_faces else np.zeros(0, np.int64)
-    score = np.concatenate(scores) if scores else np.zeros(0, np.float64)
+        bins.append(threshold_bins(norm_scores[i]))
+    matched_face = np.concatenate([np.zeros(0, np.int64), *matched_faces])
+    bin_ = np.concatenate([np.zeros(0, np.int64), *bins])
 
-    # 4. Cumulative counts per threshold. The detections at or above a threshold are a prefix of each
-    # image's sorted list (`find(score >= thresh, 1, 'last')`), so image sums are sums over the set.
-    order = np.argsort(-score, kind="stable")
-    thresholds = 1 - np.arange(1, THRESHOLD_COUNT + 1) / THRESHOLD_COUNT  # double, as in MATLAB
-    # The comparison is in double (a single scores vs a double threshold); NaN scores never count.
-    num_above = np.searchsorted(-score[order], -thresholds, side="right")
+    # 4 (the part every curve shares). The detections at or above a threshold are a prefix of each
+    # image's sorted list (`find(score >= thresh, 1, 'last')`), so counting by bin counts the same.
+    hit = matched_face >= 0
+    hit_face, hit_bin = matched_face[hit], bin_[hit]
+    first_hit_bin = np.full(int(face_offsets[-1]), THRESHOLD_COUNT, np.int64)
+    np.minimum.at(first_hit_bin, hit_face, hit_bin)  # the first hit in score order scores highest
+    unmatched = np.cumsum(np.bincount(bin_[~hit], minlength=THRESHOLD_COUNT + 1)[:THRESHOLD_COUNT])
+    return Matching(hit_face=hit_face, hit_bin=hit_bin, first_hit_bin=first_hit_bin, unmatched=unmatched,
+                    float_iou=float_iou)
 
-    ap, pr_curves, num_faces = {}, {}, {}
-    for setting in ground_truth.settings:
-        in_setting = np.zeros(int(face_offsets[-1]), bool)
-        for i, image in enumerate(ground_truth.images):
-            in_setting[face_offsets[i] + image.keep[setting]] = True
-        matched = matched_face >= 0
-        hits_setting = matched & in_setting[np.where(matched, matched_face, 0)]
-        proposed = ~matched | hits_setting  # a hit on a face outside the setting is ignored
-        first_hit = np.zeros(len(matched_face), bool)  # a face counts once; later hits stay proposed
-        hit_index = np.flatnonzero(hits_setting)
-        _, first = np.unique(matched_face[hit_index], return_index=True)
-        first_hit[hit_index[first]] = True
 
-        proposed_sum = np.concatenate([[0], np.cumsum(proposed[order])])[num_above].astype(np.float64)
-        recalled_sum = np.concatenate([[0], np.cumsum(first_hit[order])])[num_above].astype(np.float64)
-        count = ground_truth.num_faces_in(setting)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            curve = np.stack([recalled_sum / proposed_sum, recalled_sum / count], axis=1)
-        pr_curves[setting] = curve
-        ap[setting] = voc_ap(curve[:, 1], curve[:, 0])
-        num_faces[setting] = count
-    return WiderResult(ap=ap, pr_curves=pr_curves, num_faces=num_faces, float_iou=float_iou)
+def sort_by_score(boxes: np.ndarray) -> np.ndarray:
+    """Rows [N, 5] of (x, y, w, h, score) stably sorted by score, descending (`read_pred.m`)."""
+    return boxes[np.argsort(-boxes[:, 4], kind="stable")]
+
+
+def threshold_bins(norm_scores: np.ndarray) -> np.ndarray:
+    """int64 [N]: per normalised score, the first threshold row it counts at (see `Matching`).
+
+    Row t (0-based) has threshold 1 - (t + 1)/1000 in double, compared with the single score in
+    double as MATLAB does; a score counts at row t when score >= threshold. NaN never counts.
+    """
+    scores = np.asarray(norm_scores, np.float64)
+    bins = np.searchsorted(-_THRESHOLDS, -scores, side="left")  # rows whose threshold exceeds the score
+    return np.where(np.isnan(scores), THRESHOLD_COUNT, bins).astype(np.int64)
 
 
 def normalize_scores(score_lists: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -6,6 +6,8 @@
         for key, det in zip(batch.keys, model(batch.images)):
             evaluator.process(key, det["boxes"].cpu().numpy(), det["scores"].cpu().numpy())
     result = evaluator.evaluate()   # WiderResult on the main rank, None on the others
+    # or instead, AP per face attribute and size too; breakdown.result is the same WiderResult:
+    breakdown = evaluator.evaluate_breakdown(settings=EvalSettings(test_size=1024, top_k=750))
 
 Distributed: pass `gather`, a function that collects every rank's dict of detections on the
 main rank (e.g. a wrapper around `torch.distributed.gather_object`). It must be called on every
@@ -15,11 +17,12 @@ never imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from isrn_model.wider_eval.breakdown import EvalSettings, WiderBreakdown, evaluate_breakdown
 from isrn_model.wider_eval.evaluate import WiderResult, evaluate
 from isrn_model.wider_eval.ground_truth import ImageKey, WiderGroundTruth
 from isrn_model.wider_eval.predictions import Detections, write_predictions
@@ -79,7 +82,27 @@ class WiderFaceEvaluator:
         return dict(self._detections)
 
     def evaluate(self) -> WiderResult | None:
-        """The official AP over everything processed (on every rank, when gathered); None off the main rank."""
+        """The official AP over everything processed (on every rank, when gathered); None off the main rank.
+
+        A collective when `gather` is set: every rank calls it (or `evaluate_breakdown`, not both).
+        """
+        detections = self._gathered()
+        return None if detections is None else evaluate(detections, self.ground_truth, float_iou=self.float_iou)
+
+    def evaluate_breakdown(self, *, settings: EvalSettings | None = None,
+                           subsets: Sequence[str] | None = None) -> WiderBreakdown | None:
+        """AP per setting and face subset (see `breakdown.evaluate_breakdown`); None off the main rank.
+
+        Its `result` is what `evaluate` returns, so one call gives both. A collective, as `evaluate`.
+        """
+        detections = self._gathered()
+        if detections is None:
+            return None
+        return evaluate_breakdown(detections, self.ground_truth, float_iou=self.float_iou, settings=settings,
+                                  subsets=subsets)
+
+    def _gathered(self) -> Detections | None:
+        """Every rank's detections on the main rank (this rank's without `gather`); None elsewhere."""
         detections = self._detections
         if self._gather is not None:
             gathered = self._gather(detections)
@@ -89,7 +112,7 @@ class WiderFaceEvaluator:
             for part in gathered:
                 detections.update(part)
         self.unprocessed = len(self._keys - set(detections))
-        return evaluate(detections, self.ground_truth, float_iou=self.float_iou)
+        return detections
 
     def write(self, pred_dir: str | Path, *, overwrite: bool = False) -> Path:
         """Write this rank's detections in the official submission format (see `write_predictions`)."""

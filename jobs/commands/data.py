@@ -1,4 +1,6 @@
-"""`isrn data synth | prepare`: generated WIDER-format data sets, and a spec's data made ready.
+"""`isrn data synth | prepare`: generated WIDER-format data sets (with their COCO-format annotations
+beside them, `coco/coco_wholebody_{train,val}.json`, see `data_shards.synth_coco`), and a spec's data
+made ready.
 
     isrn data synth --out /tmp/wider-synth --train 400 --val 100 --seed 0
     isrn data prepare demo          # the demo spec's data set and its shards in S3 (if missing)
@@ -22,8 +24,11 @@ def data() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Everything generated is a function of the seed.")
 @click.option("--width", "image_width", default=640, show_default=True, type=click.IntRange(min=64), help="Image width in pixels.")
 def synth(out_dir: str, n_train: int, n_val: int, n_test: int, seed: int, image_width: int) -> None:
-    """Composite real LFW faces onto real photographs, in the official WIDER FACE layout."""
+    """Paste drawn people (head and shoulders, faces sharp at their size) onto real photographs, in the
+    official WIDER FACE layout, with COCO-format annotations of the same images (person bbox and
+    WholeBody face_box) in OUT/coco/."""
     from data_shards.synth import SynthConfig, face_settings, generate_dataset
+    from data_shards.synth_coco import write_coco_split
 
     out = generate_dataset(out_dir, train=n_train, val=n_val, test=n_test, seed=seed,
                            config=SynthConfig(image_width=image_width))
@@ -33,6 +38,9 @@ def synth(out_dir: str, n_train: int, n_val: int, n_test: int, seed: int, image_
         click.echo(f"{split}: {len(out[split])} images, {len(faces)} faces "
                    f"(easy {counts['easy']}, medium {counts['medium']}, hard {counts['hard']})")
     click.echo(f"test: {len(out['test'])} images")
+    for split in ("train", "val"):
+        click.echo(f"COCO format: {write_coco_split(out_dir, split, out[split])} (images: "
+                   f"{out_dir}/WIDER_{split}/images)")
     click.echo(f"wrote {out_dir}")
 
 

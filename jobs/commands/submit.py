@@ -3,6 +3,7 @@
     isrn submit smoke                                        # the local platform
     isrn submit widerface-r50 --address http://127.0.0.1:8265   # a cluster through kubectl port-forward
     isrn submit smoke --env WANDB_MODE=offline --runtime-env extra.yaml --submission-id my-run-1 --no-wait
+    isrn submit smoke --run-name nightly-42     # submitted again, the same name resumes that run
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def _explain(error: Exception, address: str) -> str:
 @click.option("--command", "command", type=click.Choice(["train", "tune"]), default="train", show_default=True,
               help="What the job runs with the spec.")
 @click.option("--submission-id", help="The job's id (default: Ray makes one); resubmitting an id is refused.")
+@click.option("--run-name", metavar="NAME", help="The run's name (a study's with --command tune). Default: a new, "
+                                                  "unique one, printed. A job submitted with the name of an "
+                                                  "existing run resumes it.")
 @click.option("--runtime-env", "runtime_env_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="A YAML or JSON file of Ray runtime_env fields (pip, py_modules, env_vars, ...).")
 @click.option("--env", "env_items", multiple=True, metavar="KEY[=VALUE]",
@@ -59,8 +63,8 @@ def _explain(error: Exception, address: str) -> str:
 @click.option("--no-wait", is_flag=True, help="Print the job id and return instead of following the logs.")
 @click.option("--python", help="Interpreter on the head (default: this one for the local platform, else `python`).")
 def submit(spec: str, address: str | None, overrides: tuple[str, ...], command: str, submission_id: str | None,
-           runtime_env_file: Path | None, env_items: tuple[str, ...], entrypoint_num_cpus: float | None,
-           no_wait: bool, python: str | None) -> None:
+           run_name: str | None, runtime_env_file: Path | None, env_items: tuple[str, ...],
+           entrypoint_num_cpus: float | None, no_wait: bool, python: str | None) -> None:
     """Submit SPEC to a Ray cluster through the Jobs API and follow its logs.
 
     The spec is validated here and travels resolved, as the job's working directory. Nothing else
@@ -74,26 +78,35 @@ def submit(spec: str, address: str | None, overrides: tuple[str, ...], command: 
         SubmissionError, build_submission, follow_logs, is_local_platform, parse_env, read_runtime_env,
     )
 
+    from jobs.train.resume import check_run_name, new_run_name
+
     try:
         job_spec = load_spec(spec, overrides)
         env_vars = parse_env(env_items, os.environ)
         runtime_env = read_runtime_env(runtime_env_file)
+        # Named here, so that the user knows it before the job starts and two submissions of one spec
+        # in the same second are two runs.
+        run_name = check_run_name(run_name) if run_name else new_run_name(job_spec)
     except (ConfigError, SubmissionError) as error:
         raise click.ClickException(str(error)) from None
     client, address = _client(address)
     local = is_local_platform(address, Platform(JobEnvironment.resolve().local).platform_id)
+    name_flag = "--run-name" if command == "train" else "--name"
     entrypoint, job_env, folder = build_submission(job_spec, command, local=local, python=python,
-                                                   env_vars=env_vars, runtime_env=runtime_env)
+                                                   extra_args=(name_flag, run_name), env_vars=env_vars,
+                                                   runtime_env=runtime_env)
     try:
         job_id = client.submit_job(entrypoint=entrypoint, runtime_env=job_env, submission_id=submission_id,
                                    entrypoint_num_cpus=entrypoint_num_cpus,
-                                   metadata={tags.SPEC: job_spec.name, tags.COMMAND: command})
+                                   metadata={tags.SPEC: job_spec.name, tags.COMMAND: command,
+                                             tags.RAY_RUN_NAME: run_name})
     except Exception as error:  # noqa: BLE001 - the server's message is the explanation
         raise click.ClickException(f"the Ray Jobs API at {address} refused the job: {error}") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # uploaded to the cluster by submit_job
     where = "the local platform" if local else "a remote cluster: it uses its own S3 and MLflow settings"
-    click.echo(f"submitted job {job_id} to {address} ({where})")
+    click.echo(f"submitted job {job_id} to {address} ({where}): {'run' if command == 'train' else 'study'} "
+               f"{run_name}")
     if no_wait:
         click.echo(f"follow it with: isrn jobs logs {job_id} --follow --address {address}")
         return

@@ -21,7 +21,9 @@ from jobs.spec import load_spec
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
               help="Override a spec field, e.g. --set tune.num_samples=8.")
 @click.option("--resume", metavar="STUDY", help="Resume an interrupted study by name; finished trials are kept.")
-@click.option("--name", metavar="STUDY", help="Name of a new study (default: SPEC name and UTC time).")
+@click.option("--name", metavar="STUDY", help="Name of the study (default: SPEC name, UTC time and a random "
+                                              "suffix); a study of that name with Tune state is resumed, so a "
+                                              "retried job continues its study.")
 @click.option("--dry-run", is_flag=True, help="Validate the spec and its search space; start nothing.")
 @click.option("--explain", is_flag=True, help="Print the resolved spec with each field's description and default.")
 def tune(spec: str, overrides: tuple[str, ...], resume: str | None, name: str | None, dry_run: bool,
@@ -46,11 +48,12 @@ def tune(spec: str, overrides: tuple[str, ...], resume: str | None, name: str | 
     if dry_run:
         click.echo(job_spec.to_yaml(), nl=False)
         return
+    from jobs.train.lease import LeaseHeldError, LeaseLostError
     from jobs.tune.study import run_study
 
     try:
         outcome = run_study(job_spec, resume=resume, name=name)
-    except (ConfigError, ServiceUnavailableError) as error:
+    except (ConfigError, ServiceUnavailableError, LeaseHeldError, LeaseLostError) as error:
         raise click.ClickException(str(error)) from None
     if outcome.interrupted:
         click.echo(f"study {outcome.study} interrupted: resume with `isrn tune {spec} --resume {outcome.study}`", err=True)

@@ -32,7 +32,7 @@ def default_state_dir() -> Path:
 class S3Config(Section):
     port: int = 8333
     """The S3 API. SeaweedFS moves to the next port when one is busy, so every port it opens is
-    pinned and checked before start (shared/PLATFORM.md)."""
+    pinned and checked before start (docs/platform-notes.md)."""
     master_port: int = 9333
     volume_port: int = 8080
     filer_port: int = 8888
@@ -74,6 +74,12 @@ class RayConfig(Section):
     """Ray's token authentication. Its GCS, raylets and Ray Client server listen beyond loopback, so
     without a token anyone who reaches this machine could run code on it; the token is made by
     `isrn platform up` and kept in the state directory (jobs/ray_auth.py)."""
+    pass_env: tuple[str, ...] = ()
+    """Variables of the shell running `isrn platform up` that the head, and so every job and worker
+    it starts, also gets (e.g. [CUDA_VISIBLE_DEVICES, HTTPS_PROXY]). Nothing else from that shell
+    reaches a job: the head starts with the platform's own settings and what a process needs to run
+    (PATH, HOME, locale, the state directory's variables), so a token, a proxy or a test's fault
+    plan exported there stays there."""
 
 
 @config_section
@@ -138,16 +144,19 @@ class PlatformConfig(Section):
         }
 
 
-def env_overrides(environ: dict[str, str]) -> list[str]:
-    """The `section.field=VALUE` overrides the `ISRN_<SECTION>_<FIELD>` / `ISRN_<FIELD>` variables make."""
-    found = []
+def setting_variables() -> dict[str, str]:
+    """Every `ISRN_<SECTION>_<FIELD>` / `ISRN_<FIELD>` variable of the configuration -> its dotted field."""
+    found = {}
     for name, field in section_fields(PlatformConfig).items():
         subfields = section_fields(field.annotation)
         for path in ([f"{name}.{sub}" for sub in subfields] if subfields else [name]):
-            variable = "ISRN_" + path.replace(".", "_").upper()
-            if variable in environ:
-                found.append(f"{path}={environ[variable]}")
+            found["ISRN_" + path.replace(".", "_").upper()] = path
     return found
+
+
+def env_overrides(environ: dict[str, str]) -> list[str]:
+    """The `section.field=VALUE` overrides the `ISRN_<SECTION>_<FIELD>` / `ISRN_<FIELD>` variables make."""
+    return [f"{path}={environ[variable]}" for variable, path in setting_variables().items() if variable in environ]
 
 
 def load_platform_config(path: Path | None = None, environ: dict[str, str] | None = None) -> PlatformConfig:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from jobs.local_platform.config import PlatformConfig
+from jobs.local_platform.config import PlatformConfig, setting_variables
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,20 @@ def is_local_platform(node_labels: Iterable[Mapping[str, str] | None], platform_
     return any(values) if platform_id is None else platform_id in values
 """A node label of the local head, valued with the state directory's platform id: how a client
 recognises this machine's platform by asking the cluster, whatever address reaches it."""
+
+
+RUNTIME_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+                     "LD_LIBRARY_PATH", "VIRTUAL_ENV", "XDG_STATE_HOME", "ISRN_STATE_DIR", "ISRN_PLATFORM_CONFIG")
+"""What a service's process needs from the shell to run (and to find this platform's state again)."""
+
+
+def service_environment(own: Mapping[str, str], passed: Iterable[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The explicit environment a service starts with: `RUNTIME_VARIABLES` and the locale (LC_*), the
+    platform's own `ISRN_<SECTION>_<FIELD>` settings and the variables named in `passed`, as this
+    shell has them, then the service's `own` variables. Nothing else of the shell."""
+    wanted = set(RUNTIME_VARIABLES) | set(setting_variables()) | set(passed)
+    inherited = {name: value for name, value in environ.items() if name in wanted or name.startswith("LC_")}
+    return {**inherited, **own}
 
 
 class PlatformError(RuntimeError):
@@ -67,6 +81,8 @@ class _Service:
     env: dict[str, str]
     health: Callable[[], str | None]  # None when healthy, else what is wrong
     start_timeout_s: float
+    pass_env: tuple[str, ...] = ()
+    """Variables of the starting shell the service also gets (`ray.pass_env` for the head)."""
 
 
 def _venv_bin(name: str) -> str:
@@ -147,7 +163,7 @@ class Platform:
             f"-filer.port={s3.filer_port}", f"-filer.port.grpc={s3.filer_port + 10000}",
             f"-webdav.port={s3.webdav_port}", f"-admin.port={s3.admin_port}",
             f"-admin.port.grpc={s3.admin_port + 10000}",
-            # A busy 8181/9101 would kill the server (shared/PLATFORM.md); we use neither.
+            # A busy 8181/9101 would kill the server (docs/platform-notes.md); we use neither.
             "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]
         env = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
@@ -224,7 +240,7 @@ class Platform:
         if r.auth_mode == "token":
             env["RAY_AUTH_TOKEN_PATH"] = str(c.ray_token_path)
         health = lambda: _http_ok(f"{c.ray_dashboard_url}/api/version", headers=self._ray_auth_header())  # noqa: E731
-        return _Service("ray", c.ray_dashboard_url, ports, command, env, health, 120.0)
+        return _Service("ray", c.ray_dashboard_url, ports, command, env, health, 120.0, pass_env=r.pass_env)
 
     def _services(self) -> dict[str, _Service]:
         return {"s3": self._s3_service(), "mlflow": self._mlflow_service(), "ray": self._ray_service()}
@@ -335,7 +351,8 @@ class Platform:
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(
                 service.command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **service.env}, start_new_session=True, cwd=self.state,
+                env=service_environment(service.env, service.pass_env, os.environ), start_new_session=True,
+                cwd=self.state,
             )
         self._pid_file(service.name).write_text(f"{process.pid}\n")
         deadline = time.monotonic() + service.start_timeout_s

@@ -12,10 +12,15 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 
-from jobs.metrics import AP_METRICS, VAL_AP_HARD
+from jobs.metrics import AP_METRICS, BREAKDOWN_PREFIX, VAL_AP_HARD
 from jobs.tags import MODEL_URI, VAL_MANIFEST
 
 __all__ = ["AP_METRICS", "Candidate", "Decision", "ModelRecord", "PromotionRule", "rank", "should_promote"]
+
+
+def is_score(metric: str) -> bool:
+    """Whether a logged model's metric is one promotion copies and shows: an AP, or a subset's Hard AP."""
+    return metric in AP_METRICS or metric.startswith(BREAKDOWN_PREFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +34,8 @@ class Candidate:
     version: str | None = None
     model_uri: str | None = None
     scores: Mapping[str, float] = dataclasses.field(default_factory=dict, hash=False)
-    """The model's own `AP_METRICS` that were logged (for the AP table and the version tags)."""
+    """The model's own `AP_METRICS` that were logged, and its Hard AP per face subset
+    (`val_ap_hard_<subset>`): for the descriptions' tables and the version tags."""
     best_epoch: int | None = None
     best_step: int | None = None
 
@@ -133,7 +139,7 @@ def assess(record: ModelRecord, rule: PromotionRule) -> Candidate | str:
         return (f"its logged model's {m} was measured on val manifest {measured_on}, "
                 f"but the run validated on {record.val_manifest}")
     return Candidate(run_id=record.run_id, metric=value, val_manifest=record.val_manifest, model_uri=record.model_uri,
-                     scores={k: record.model_metrics[k] for k in AP_METRICS if k in record.model_metrics},
+                     scores={k: v for k, v in record.model_metrics.items() if is_score(k)},
                      best_epoch=record.best_epoch, best_step=record.best_step)
 
 
@@ -145,8 +151,15 @@ class Ranking:
     """(run id, why it is not a candidate), in the order the records came."""
 
 
-def rank(records: Iterable[ModelRecord], rule: PromotionRule) -> Ranking:
-    """The best candidate by the rule's metric (ties: the run that finished last) and the runs left out."""
+def rank(records: Iterable[ModelRecord], rule: PromotionRule, champion_manifest: str | None = None) -> Ranking:
+    """The best candidate by the rule's metric (ties: the run that finished last) and the runs left out.
+
+    APs compare only on one val set: candidates are the runs evaluated on `champion_manifest` (the
+    champion's val manifest), or with no champion on the newest one (that of the candidate that
+    finished last). The others are left out with the manifest they were evaluated on: the best AP
+    over every manifest would be a winner the champion cannot be compared with, hiding a comparable
+    run that beats it.
+    """
     scored: list[tuple[ModelRecord, Candidate]] = []
     rejected: list[tuple[str, str]] = []
     for record in records:
@@ -155,6 +168,17 @@ def rank(records: Iterable[ModelRecord], rule: PromotionRule) -> Ranking:
             scored.append((record, outcome))
         else:
             rejected.append((record.run_id, outcome))
+    if champion_manifest is not None:
+        reference, whose = champion_manifest, "the champion's"
+    else:
+        newest = max(scored, key=lambda pair: pair[0].end_time, default=None)
+        reference = newest[1].val_manifest if newest else None
+        whose = "the newest (no champion yet: that of the candidate that finished last)"
+    comparable = [pair for pair in scored if pair[1].val_manifest == reference]
+    rejected += [(candidate.run_id, f"evaluated on val manifest {candidate.val_manifest}, not on {whose} "
+                                    f"{reference}: its AP is not comparable")
+                 for _, candidate in scored if candidate.val_manifest != reference]
+    scored = comparable
     sign = 1.0 if rule.higher_is_better else -1.0
     best = max(scored, key=lambda pair: (sign * pair[1].metric, pair[0].end_time), default=None)
     return Ranking(best=best[1] if best else None, candidates=tuple(c for _, c in scored), rejected=tuple(rejected))

@@ -10,7 +10,10 @@ because the tracking database has a unique key on the registered model's name:
   (404), or on PostgreSQL update 0 rows behind the winner's row lock (400, "expected to update 1
   row(s); 0 were matched"), or find the tombstone taken (ALREADY_EXISTS).
 
-Release deletes the lock only if its owner tag is this promotion's token. A lock is stale when its
+Release renames the lock to a name of this promotion's own, reads what it renamed, and deletes it
+only if its owner tag is this promotion's token; anyone else's lock (ours was broken and another
+promotion took the name) is renamed back: a delete by name after reading the owner could delete a
+lock taken between the read and the delete. A lock is stale when its
 age by the **server's** clock (the `Date` of a server answer minus the lock's `creation_timestamp`)
 exceeds `stale_s`; the clients' clocks never enter. The tombstone is named after the lock instance
 (`<lock>.broken-<created ms>-<owner hash>`), and the winner checks that what it renamed is the
@@ -160,29 +163,42 @@ def read_holder(client, lock: str) -> Holder | None:
 
 def break_lock(client, holder: Holder) -> bool:
     """Remove this lock instance with one atomic rename; True for the one caller that did it."""
+    broke = _rename_away(client, holder.lock, tombstone_name(holder), holder.same_instance,
+                         f"break the promotion lock {holder.lock!r}",
+                         lost_race=lambda: not holder.same_instance(read_holder(client, holder.lock)))
+    if broke:
+        log.warning("broke the stale promotion lock %s of owner %s", holder.lock, holder.owner)
+    return broke
+
+
+def _rename_away(client, lock: str, tombstone: str, is_expected, doing: str, lost_race) -> bool:
+    """Rename `lock` to `tombstone` (atomic: one caller wins) and delete it if what was renamed
+    `is_expected(holder)`; otherwise give it back. True when the expected lock was removed.
+
+    A losing rename (the lock gone, the tombstone taken, PostgreSQL's 0 updated rows) is False when
+    `lost_race()` confirms the registry's state; any other error is a RegistryError.
+    """
     from mlflow.exceptions import MlflowException
 
-    tombstone = tombstone_name(holder)
     try:
-        client.rename_registered_model(holder.lock, tombstone)
+        client.rename_registered_model(lock, tombstone)
     except MlflowException as error:
-        if error.error_code not in LOST_RACE or holder.same_instance(read_holder(client, holder.lock)):
-            raise RegistryError(f"break the promotion lock {holder.lock!r}", error) from error
-        return False  # another waiter broke it first, or its holder released it
+        if error.error_code not in LOST_RACE or not lost_race():
+            raise RegistryError(doing, error) from error
+        return False
     renamed = read_holder(client, tombstone)
-    if not holder.same_instance(renamed):
-        # Between our read and our rename that instance was broken, its tombstone deleted and a
-        # fresh lock taken: we renamed the fresh one. Give it back; should a third promotion have
-        # taken the free name meanwhile, the fresh lock's holder stops at `check_held`.
-        log.warning("renamed a fresh promotion lock (%s) by mistake; giving it back", renamed)
+    if not is_expected(renamed):
+        # Between our read and our rename that lock was replaced (broken, or released, and taken
+        # afresh): we renamed someone else's. Give it back; should a third promotion have taken the
+        # free name meanwhile, the lock's holder stops at `check_held`.
+        log.warning("renamed another promotion's lock (%s) by mistake; giving it back", renamed)
         try:
-            client.rename_registered_model(tombstone, holder.lock)
+            client.rename_registered_model(tombstone, lock)
         except MlflowException as error:
-            log.error("could not give back the promotion lock %s: %s", holder.lock, error)
+            log.error("could not give back the promotion lock %s: %s", lock, error)
             _delete(client, tombstone, "delete a promotion lock's tombstone")
         return False
-    log.warning("broke the stale promotion lock %s of owner %s", holder.lock, holder.owner)
-    _delete(client, tombstone, "delete the broken lock's tombstone")
+    _delete(client, tombstone, f"delete the tombstone of {lock!r}")
     return True
 
 
@@ -196,12 +212,20 @@ def check_held(client, held: HeldLock) -> None:
 
 
 def release(client, held: HeldLock) -> None:
-    """Delete the lock if it is still this promotion's; leave anyone else's alone."""
-    now = read_holder(client, held.lock)
-    if now is None or now.owner != held.token:
-        log.warning("promotion lock %s is no longer ours (now: %s); leaving it", held.lock, now)
-        return
-    _delete(client, held.lock, f"release the promotion lock {held.lock!r}")
+    """Remove the lock if it is still this promotion's, atomically (rename, check, delete); leave anyone
+    else's alone."""
+    tombstone = f"{held.lock}.released-{hashlib.sha1(held.token.encode()).hexdigest()[:8]}"
+
+    def ours(holder: Holder | None) -> bool:
+        return holder is not None and holder.owner == held.token
+
+    def gone_or_not_ours() -> bool:
+        return not ours(read_holder(client, held.lock))
+
+    if not _rename_away(client, held.lock, tombstone, ours, f"release the promotion lock {held.lock!r}",
+                        lost_race=gone_or_not_ours):
+        log.warning("promotion lock %s is no longer ours (now: %s); leaving it", held.lock,
+                    read_holder(client, held.lock))
 
 
 def _delete(client, name: str, doing: str) -> None:
@@ -228,7 +252,9 @@ def acquire(client, name: str, policy: LockPolicy, tracking_uri: str,
                                            description=f"Held while `isrn promote` of {name} runs; deleted after.")
             return HeldLock(lock, token, policy, time.monotonic() - started, tuple(broken))
         except MlflowException as error:
-            if not already_exists(error):
+            # Not found: the holder released between our failed insert and the server's read of the
+            # existing model that words its error (MLflow's SQL store); take it again.
+            if not (already_exists(error) or is_missing(error)):
                 raise RegistryError(f"create the promotion lock {lock!r}", error) from error
         holder = read_holder(client, lock)
         if holder is None:

@@ -7,19 +7,36 @@ champion's AP table; each version's description gives the promotion decision and
 
 from __future__ import annotations
 
+from isrn_model.wider_eval import SETTINGS, SUBSETS
+from jobs.metrics import BREAKDOWN_PREFIX, BREAKDOWN_SETTING
 from jobs.promotion.decision import AP_METRICS, Candidate, Decision, PromotionRule
 from jobs.promotion.lock import lock_name
-
-SETTINGS = ("Easy", "Medium", "Hard")
 
 
 def ap_table(rows: list[tuple[str, Candidate]]) -> str:
     """A markdown table of the WIDER FACE val AP (Easy / Medium / Hard) of each (label, model)."""
-    lines = ["| val AP | " + " | ".join(SETTINGS) + " |", "| --- |" + " --- |" * len(SETTINGS)]
+    lines = ["| val AP | " + " | ".join(s.capitalize() for s in SETTINGS) + " |", "| --- |" + " --- |" * len(SETTINGS)]
     for label, model in rows:
         cells = [f"{model.scores[k]:.4f}" if k in model.scores else "–" for k in AP_METRICS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def breakdown_table(rows: list[tuple[str, Candidate]]) -> str:
+    """A markdown table of the Hard AP per face subset (attribute value, size band), a column per
+    (label, model); "" when no model carries one. A subset without a face has no value ("–")."""
+    subsets = [s for s in SUBSETS if s != "all"
+               and any(BREAKDOWN_PREFIX + s.replace("=", "_") in model.scores for _, model in rows)]
+    if not subsets:
+        return ""
+    lines = [f"| {BREAKDOWN_SETTING.capitalize()} AP by face subset | " + " | ".join(label for label, _ in rows) + " |",
+             "| --- |" + " --- |" * len(rows)]
+    for subset in subsets:
+        key = BREAKDOWN_PREFIX + subset.replace("=", "_")
+        cells = [f"{model.scores[key]:.4f}" if key in model.scores else "–" for _, model in rows]
+        lines.append(f"| {subset} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + ("\n\nA face outside the subset is ignored, as the official tool ignores a face "
+                               "outside the setting; detections that match no face count against every subset.")
 
 
 def _where(model: Candidate) -> str:
@@ -60,6 +77,8 @@ or was not promoted. Promotions are serialised by the registered model `{lock_na
     label = f"v{champion.version}" + (f" ({_where(champion)})" if _where(champion) else "")
     text += (f"\n## Champion: version {champion.version}\n\n{ap_table([(label, champion)])}\n\n"
              f"Run `{champion.run_id}`, val manifest `{champion.val_manifest}`.\n")
+    if breakdown := breakdown_table([(label, champion)]):
+        text += f"\n{breakdown}\n"
     return text + (f"\nPromoted because: {reason}.\n" if reason else "")
 
 
@@ -70,7 +89,9 @@ def version_description(candidate: Candidate, decision: Decision, champion: Cand
     rows = [(f"this version{f' ({_where(candidate)})' if _where(candidate) else ''}", candidate)]
     if champion is not None and champion.run_id != candidate.run_id:
         rows.append((f"champion v{champion.version} at the time", champion))
+    breakdown = breakdown_table(rows)
     return (f"**{verdict}**: {decision.reason}.\n\n{ap_table(rows)}\n\n"
-            f"Run `{candidate.run_id}`, model `{candidate.model_uri}`, val manifest `{candidate.val_manifest}`; "
+            + (f"{breakdown}\n\n" if breakdown else "")
+            + f"Run `{candidate.run_id}`, model `{candidate.model_uri}`, val manifest `{candidate.val_manifest}`; "
             f"rule: {rule.metric} {'higher' if rule.higher_is_better else 'lower'} is better, "
             f"margin {rule.margin:g}.\n")

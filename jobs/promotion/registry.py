@@ -22,6 +22,7 @@ from jobs.promotion.decision import (
     PromotionRule,
     Ranking,
     assess,
+    is_score,
     logged_model_id,
     rank,
     should_promote,
@@ -137,7 +138,8 @@ def version_candidate(version, metric: str) -> Candidate:
     def number(key: str) -> float | None:
         return float(tags[key]) if key in tags else None
 
-    scores = {k: number(T.metric_tag(k)) for k in AP_METRICS if T.metric_tag(k) in tags}
+    scores = {k.removeprefix(T.METRIC_PREFIX): float(v) for k, v in tags.items()
+              if k.startswith(T.METRIC_PREFIX) and is_score(k.removeprefix(T.METRIC_PREFIX))}
     epoch, step = number(T.BEST_EPOCH), number(T.BEST_STEP)
     return Candidate(run_id=tags.get(T.RUN_ID, version.run_id or ""), metric=number(T.metric_tag(metric)),
                      val_manifest=tags.get(T.VAL_MANIFEST), version=str(version.version),
@@ -177,8 +179,9 @@ def lineage_tags(run, candidate: Candidate, metric: str) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the promotion
 def _choose(client, experiment: str | None, run_id: str | None, study: str | None,
-            rule: PromotionRule) -> tuple[Any, Candidate, str, Ranking | None]:
-    """(run, candidate, experiment name, ranking of the experiment) for the run to promote."""
+            rule: PromotionRule, name: str) -> tuple[Any, Candidate, str, Ranking | None]:
+    """(run, candidate, experiment name, ranking of the experiment) for the run to promote into `name`:
+    the best run evaluated on the val manifest of `name`'s champion (decision.rank)."""
     if run_id:
         run, record = run_record(client, run_id)
         outcome = assess(record, rule)
@@ -194,11 +197,13 @@ def _choose(client, experiment: str | None, run_id: str | None, study: str | Non
     scope = f"experiment {experiment!r}" + (f" (study {study!r})" if study else "")
     if not pairs:
         raise PromotionError(f"{scope} has no finished run")
-    ranking = rank([record for _, record in pairs], rule)
+    champion = current_champion(client, name, rule.metric)
+    ranking = rank([record for _, record in pairs], rule,
+                   champion_manifest=champion.val_manifest if champion is not None else None)
     if ranking.best is None:
         why = "\n".join(f"  run {r}: {reason}" for r, reason in ranking.rejected[:10])
         raise PromotionError(f"no finished run of {scope} is a candidate (its logged model needs its own "
-                             f"{rule.metric}):\n{why}")
+                             f"{rule.metric}, measured on the champion's val manifest):\n{why}")
     run = next(r for r, record in pairs if record.run_id == ranking.best.run_id)
     return run, ranking.best, experiment, ranking
 
@@ -213,7 +218,7 @@ def promote(tracking_uri: str, *, experiment: str | None = None, name: str = "is
     client = MlflowClient(tracking_uri)
     done: list[str] = []
     try:
-        run, candidate, experiment, ranking = _choose(client, experiment, run_id, study, rule)
+        run, candidate, experiment, ranking = _choose(client, experiment, run_id, study, rule, name)
         rejected = ranking.rejected if ranking else ()
         if dry_run:
             existing = version_of_run(client, name, candidate.run_id)

@@ -112,7 +112,7 @@ class CheckpointStore:
             with open(file, "rb") as source, self.filesystem.open_output_stream(f"{destination}/{name}") as target:
                 shutil.copyfileobj(source, target, length=8 << 20)
             sizes[name] = file.stat().st_size
-        # Read back what the store holds: some stores accept a write and lose it (shared/PLATFORM.md:
+        # Read back what the store holds: some stores accept a write and lose it (docs/platform-notes.md:
         # SeaweedFS without credentials), and a marker must never vouch for a missing file.
         stored = {info.path[len(destination) + 1:]: info.size for info in self._list(destination, recursive=True)}
         wrong = {name: (size, stored.get(name)) for name, size in sizes.items() if stored.get(name) != size}

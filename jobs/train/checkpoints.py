@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import torch
 from torch import nn
 
 STATE_FILE = "training_state.pt"
+BREAKDOWN_FILE = "breakdown.json"
+"""Beside an evaluated checkpoint's state: its evaluation's AP by face subset (`WiderBreakdown.to_json`)."""
 
 
 @dataclasses.dataclass
@@ -32,8 +35,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState,
-                    spec: dict[str, Any]) -> Path:
-    """Write the model, optimiser and counters to `directory/training_state.pt`.
+                    spec: dict[str, Any], breakdown: dict[str, Any] | None = None) -> Path:
+    """Write the model, optimiser and counters to `directory/training_state.pt`, and the evaluation of
+    these weights by face subset, when they were evaluated, to `directory/breakdown.json`.
 
     The lr schedule is a pure function of the step and bf16 autocast needs no GradScaler, so
     the step is all the scheduler and scaler state there is.
@@ -49,6 +53,8 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     partial = directory / (STATE_FILE + ".partial")
     torch.save(payload, partial)
     partial.rename(directory / STATE_FILE)
+    if breakdown is not None:
+        (directory / BREAKDOWN_FILE).write_text(json.dumps(breakdown))
     return directory
 
 

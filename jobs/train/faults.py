@@ -4,7 +4,13 @@
                       {"point": "step_end", "step": 10, "after_commit": true}]'  isrn train smoke
 
 The driver reads `ISRN_FAULT_PLAN` from its environment and hands the plan to the workers with the
-rest of the job; unset (always, outside tests) it is empty and nothing here runs. Each fault fires
+rest of the job; unset (always, outside tests) it is empty and nothing here runs. It stays in the
+product path because the kills must land inside Ray Train's worker processes at exact points of
+the real session (inside Ray's checkpoint upload callback), which a test-installed wrapper would
+have to ship to every Ray worker. So that a plan set by accident cannot go unnoticed, an active
+plan is logged at WARNING by the driver and by the worker that fires it, and tagged on the MLflow
+run (`isrn.fault_plan`); an unknown point or field is an error, and the local platform's head does
+not pass the variable on from the shell that started it (jobs/local_platform/services.py). Each fault fires
 once per run: before killing, the worker writes `faults/fired-<index>` under the run's storage
 folder, and a fault whose record exists is skipped, so a worker group that replays the same steps
 after its restart does not die at the same point again.
@@ -26,19 +32,36 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 PLAN_VARIABLE = "ISRN_FAULT_PLAN"
 
 
+POINTS = ("checkpoint_uploaded", "step_end")
+
+
 @dataclasses.dataclass(frozen=True)
 class Fault:
-    point: Literal["checkpoint_uploaded", "step_end"]
+    point: str
+    """One of `POINTS`."""
     step: int
     rank: int = 0
     after_commit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.point not in POINTS:
+            raise ValueError(f"unknown fault point {self.point!r}: the points are {', '.join(POINTS)}")
+        for name, value, low in (("step", self.step, 1), ("rank", self.rank, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"fault {name} {value!r}: expected an integer >= {low}")
+        if not isinstance(self.after_commit, bool):
+            raise ValueError(f"fault after_commit {self.after_commit!r}: expected true or false")
+
+    def describe(self) -> str:
+        commit = ", after Ray's commit" if self.after_commit else ""
+        return f"{self.point} step {self.step} rank {self.rank}{commit}"
 
 
 def plan_from_env(environ: Mapping[str, str] | None = None) -> tuple[Fault, ...]:
@@ -47,9 +70,18 @@ def plan_from_env(environ: Mapping[str, str] | None = None) -> tuple[Fault, ...]
     if not text:
         return ()
     try:
-        return tuple(Fault(**entry) for entry in json.loads(text))
+        entries = json.loads(text)
+        if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+            raise ValueError("not a list of objects")
+        return tuple(Fault(**entry) for entry in entries)
     except (ValueError, TypeError) as error:
-        raise ValueError(f"{PLAN_VARIABLE}: expected a JSON list of {{point, step, rank?, after_commit?}}: {error}") from None
+        raise ValueError(f"{PLAN_VARIABLE}: expected a JSON list of {{point, step, rank?, after_commit?}} "
+                         f"with point one of {', '.join(POINTS)}: {error}") from None
+
+
+def plan_text(plan: tuple[Fault, ...]) -> str:
+    """The plan as the JSON `ISRN_FAULT_PLAN` takes (what the run's tag records)."""
+    return json.dumps([dataclasses.asdict(fault) for fault in plan])
 
 
 def due(plan: tuple[Fault, ...], point: str, step: int, rank: int) -> list[int]:

@@ -78,11 +78,12 @@ def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: Job
 
 
 def log_model_metrics(tracking_uri: str, run_id: str, model_uri: str, ap: Mapping[str, float], *, epoch: int,
-                      step: int, val_manifest: str | None) -> None:
+                      step: int, val_manifest: str | None, breakdown: Mapping[str, float] | None = None) -> None:
     """Record the AP of the logged model's own weights on the model and on the run.
 
     `ap` maps `easy`/`medium`/`hard` to the AP that evaluating exactly the weights of `model_uri`
-    (`models:/m-…`) gave on the val manifest `val_manifest`, after `epoch` at `step`. The LoggedModel
+    (`models:/m-…`) gave on the val manifest `val_manifest`, after `epoch` at `step` (and `breakdown`,
+    that evaluation's `val_ap_hard_<subset>` metrics). The LoggedModel
     gets metrics `val_ap_*` (step `step`, dataset digest = the val manifest) and params `best_epoch`,
     `best_step`; the run gets `best_val_ap_*`, `best_epoch`, `best_step`. `isrn promote` compares
     the model's `val_ap_*`, never the run's last value. (MLflow also adds the model's metrics to the
@@ -98,6 +99,8 @@ def log_model_metrics(tracking_uri: str, run_id: str, model_uri: str, ap: Mappin
     now = int(time.time() * 1000)
     dataset = {"dataset_name": "val", "dataset_digest": val_manifest} if val_manifest else {}
     on_model = [Metric(M.VAL_AP[k], float(v), now, step, model_id=model_id, **dataset) for k, v in ap.items()]
+    # The same evaluation's Hard AP per face subset, which promotion shows beside the champion's.
+    on_model += [Metric(k, float(v), now, step, model_id=model_id, **dataset) for k, v in (breakdown or {}).items()]
     on_run = [Metric(M.BEST_VAL_AP[k], float(v), now, step) for k, v in ap.items()]
     on_run += [Metric(M.BEST_EPOCH, float(epoch), now, step), Metric(M.BEST_STEP, float(step), now, step)]
     client.log_batch(run_id, metrics=on_model + on_run, synchronous=True)

@@ -16,8 +16,10 @@ from typing import Any, Protocol
 import torch
 
 from jobs import metrics as M
+from jobs.train.collectives import broadcast_from_rank_0
 from jobs.train import faults
-from jobs.train.checkpoint_store import CheckpointStore, StoredCheckpoint, checkpoint_dir_name, step_of
+from jobs.train.checkpoint_store import COMPLETE_MARKER, CheckpointStore, StoredCheckpoint, checkpoint_dir_name
+from jobs.train.lease import check_held
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class LocalSession:
 class RaySession:
     """Inside a Ray Train worker: checkpoints in the run's storage folder, step-named, with markers."""
 
-    def __init__(self, fault_plan: tuple[dict[str, Any], ...] = ()) -> None:
+    def __init__(self, fault_plan: tuple[dict[str, Any], ...] = (), lease: dict[str, str] | None = None) -> None:
         import ray.train
 
         context = ray.train.get_context()
@@ -88,7 +90,13 @@ class RaySession:
         storage = context.get_storage()  # a DeveloperAPI: Ray's own filesystem and run folder
         self.store = CheckpointStore(storage.storage_filesystem, storage.experiment_fs_path)
         self.faults = tuple(faults.Fault(**f) for f in fault_plan)
+        self.lease = lease
         self._restore_copy: Path | None = None
+
+    def _check_lease(self) -> None:
+        """Before rank 0 deletes or uploads: the driver still holds the run (jobs/train/lease.py)."""
+        if self.lease is not None:
+            check_held(self.store.filesystem, self.lease["path"], self.lease["holder"])
 
     def device(self) -> torch.device:
         import ray.train.torch
@@ -103,29 +111,23 @@ class RaySession:
     def restore_dir(self) -> Path | None:
         """A local copy of the checkpoint to resume from, the same on every rank (None: start fresh).
 
-        Ray's registered checkpoint or the newest complete one in storage, whichever is later: a
-        worker that died between its upload and Ray's collection of the report left the newer one
-        in storage only (jobs/train/checkpoint_store.py).
+        Ray's registered checkpoint or the newest complete one in storage, whichever is later
+        (`choose_restore`); Ray's only once its marker is read back.
         """
         import ray.train
 
         choice: StoredCheckpoint | None = None
         if self.rank == 0:
             registered = ray.train.get_checkpoint()
-            choice = self.store.latest()
-            if registered is not None and (choice is None or (step_of(registered.path) or 0) > choice.step):
-                choice = self.store.read(registered.path) or StoredCheckpoint(
-                    step=step_of(registered.path) or 0, epoch=-1, path=registered.path.rstrip("/"))
+            choice, source = choose_restore(self.store, registered.path if registered is not None else None)
             if choice is not None:
-                registered_path = registered.path.rstrip("/") if registered is not None else None
-                source = ("registered by Ray" if registered_path == choice.path
-                          else "found complete in storage, never registered by Ray")
                 log.warning("resuming from %s (step %d, %s)", choice.path, choice.step, source)
             # No upload of this run is in flight while a worker group starts: folders without a
-            # marker are half uploads of a dead worker.
+            # marker are half uploads of a dead worker. Only the lease's holder deletes.
+            self._check_lease()
             for path in self.store.prune_incomplete():
                 log.warning("removed the incomplete checkpoint folder %s", path)
-        choice = broadcast_from_rank_0(choice)
+        choice = broadcast_from_rank_0(choice, self.device())
         if choice is None:
             return None
         self._restore_copy = self.store.download(choice.path, Path(tempfile.mkdtemp(prefix="isrn-restore-")))
@@ -148,6 +150,7 @@ class RaySession:
         step, epoch = int(metrics[M.STEP]), int(metrics[M.EPOCH])
 
         def upload(checkpoint: "ray.train.Checkpoint", name: str) -> "ray.train.Checkpoint":
+            self._check_lease()
             path = self.store.upload(Path(checkpoint.path), step=step, epoch=epoch, metrics=metrics)
             for index in faults.due(self.faults, "checkpoint_uploaded", step, self.rank):
                 faults.fire(index, self.faults[index], self.store.filesystem, self.store.run_path)
@@ -170,14 +173,24 @@ class RaySession:
             faults.fire(index, self.faults[index], self.store.filesystem, self.store.run_path)
 
 
-def broadcast_from_rank_0(value: Any) -> Any:
-    """Rank 0's `value` on every rank (a collective; the value itself without a process group)."""
-    import torch.distributed as dist
+def choose_restore(store: CheckpointStore, registered_path: str | None) -> tuple[StoredCheckpoint | None, str]:
+    """(the checkpoint to resume from, where it was found): Ray's registered checkpoint or the newest
+    complete one in `store`, whichever has the later step; None when there is neither.
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    box = [value]
-    # NCCL moves objects through the GPU, gloo through the CPU.
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    dist.broadcast_object_list(box, src=0, device=device)
-    return box[0]
+    A worker that died between its upload and Ray's collection of the report left the newer one in
+    storage only (jobs/train/checkpoint_store.py). Ray's registered checkpoint is trusted only once
+    its marker is read back: a registered folder without one (a half upload, or deleted since) is
+    passed over for the newest complete folder, and is pruned as incomplete before anyone loads it.
+    """
+    latest = store.latest()
+    if registered_path is None:
+        return latest, "found complete in storage"
+    registered = store.read(registered_path)
+    if registered is None:
+        log.warning("Ray's registered checkpoint %s has no %s: not resuming from it", registered_path,
+                    COMPLETE_MARKER)
+        return latest, "found complete in storage; Ray's registered checkpoint was incomplete"
+    if latest is None or registered.step >= latest.step:
+        return registered, "registered by Ray"
+    return latest, "found complete in storage, never registered by Ray"
+

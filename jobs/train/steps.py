@@ -44,8 +44,8 @@ class BatchFeeder:
     def images(self, batch: dict[str, Any]) -> Tensor:
         """The batch's images on the device (uint8 [B, 3, S, S]; channels-last in memory when asked)."""
         images = batch["images"]
-        if self.device.type == "cpu":
-            return images
+        if self.device.type == "cpu" or images.device == self.device:
+            return self._layout(images)
         if not self.staged:
             out = images.to(self.device)
             release_images(batch)
@@ -71,7 +71,7 @@ class BatchFeeder:
     def targets(self, batch: dict[str, Any]) -> list[dict[str, Tensor]]:
         """The batch's targets with their boxes on the device, copied in one transfer."""
         boxes = [target["boxes"] for target in batch["targets"]]
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" or all(b.device == self.device for b in boxes):
             return [{"boxes": b} for b in boxes]
         counts = [int(b.shape[0]) for b in boxes]  # host-side shapes: no device read
         moved = torch.cat(boxes).to(self.device, non_blocking=self.staged)

@@ -174,9 +174,70 @@ def start_or_resume_run(
     items = list(params.items())
     for start in range(0, len(items), 90):  # log_batch takes at most 100 params
         client.log_batch(run_id, params=[Param(k, v) for k, v in items[start:start + 90]])
-    client.log_text(run_id, spec_yaml, "spec/resolved_spec.yaml")
+    client.log_text(run_id, spec_yaml, SPEC_ARTIFACT)
     log.info("MLflow run %s: %s/#/experiments/%s/runs/%s", run_name, tracking_uri, experiment_id, run_id)
     return run_id
+
+
+SPEC_ARTIFACT = "spec/resolved_spec.yaml"
+"""The run's spec: the one it started with, or the latest a resume accepted a change to."""
+
+
+def recent_runs(tracking_uri: str, experiment: str, limit: int = 10) -> list[str]:
+    """The newest training runs of `experiment`, one line each (run name, status, start): what an error
+    about a run name that does not exist lists."""
+    import datetime as dt
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], f"tags.`{RAY_RUN_NAME}` LIKE '%'",
+                              order_by=["attributes.start_time DESC"], max_results=limit)
+    return [f"{run.data.tags[RAY_RUN_NAME]}  {run.info.status}  started "
+            f"{dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+            for run in runs]
+
+
+def run_spec(tracking_uri: str, run_id: str) -> dict[str, Any] | None:
+    """The resolved spec a run records (`SPEC_ARTIFACT`), None when it has none."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="isrn-spec-") as directory:
+        try:
+            local = MlflowClient(tracking_uri).download_artifacts(run_id, SPEC_ARTIFACT, directory)
+        except Exception as error:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+            log.warning("run %s has no readable %s (%s)", run_id, SPEC_ARTIFACT, str(error)[:200])
+            return None
+        return yaml.safe_load(Path(local).read_text())
+
+
+def record_spec_change(tracking_uri: str, run_id: str, spec_yaml: str, fingerprint: str, change: str) -> None:
+    """A resume accepted `change` (one line per field): the run's spec becomes `spec_yaml`, the one the
+    next resume compares with; the previous one is kept under `spec/before_<time>.yaml`. Params stay
+    the values the run started with (MLflow params never change); the changes are in tag
+    `isrn.spec_changes`."""
+    import datetime as dt
+
+    from mlflow.tracking import MlflowClient
+
+    from jobs.tags import SPEC_CHANGES, SPEC_FINGERPRINT
+
+    client = MlflowClient(tracking_uri)
+    now = dt.datetime.now(dt.timezone.utc)
+    before = run_spec(tracking_uri, run_id)
+    if before is not None:
+        import yaml
+
+        client.log_text(run_id, yaml.safe_dump(before, sort_keys=False), f"spec/before_{now:%Y%m%d-%H%M%S}.yaml")
+    client.log_text(run_id, spec_yaml, SPEC_ARTIFACT)
+    earlier = client.get_run(run_id).data.tags.get(SPEC_CHANGES, "")
+    entry = f"{now:%Y-%m-%d %H:%M} UTC: {change}"
+    client.set_tag(run_id, SPEC_CHANGES, (f"{earlier}\n{entry}" if earlier else entry)[-5000:])
+    client.set_tag(run_id, SPEC_FINGERPRINT, fingerprint)
 
 
 def set_tag(tracking_uri: str, run_id: str, key: str, value: str) -> None:

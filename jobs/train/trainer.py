@@ -37,11 +37,12 @@ from jobs import metrics as M
 from jobs.spec import JobSpec
 from jobs.train.checkpoint_store import UNEVALUATED
 from jobs.train.checkpoints import TrainingState, load_checkpoint, save_checkpoint, unwrap
-from jobs.train.evaluation import evaluate_epoch, ground_truth_of
+from jobs.train.evaluation import ValEvaluation, ground_truth_of
 from jobs.train.init_from import initialise_from
 from jobs.train.progress import EpochEnded, EpochStarted, Evaluated, ProgressSink, Resumed, StepDone
 from jobs.train.schedule import build_optimizer, learning_rate, set_learning_rate
-from jobs.train.session import Session, broadcast_from_rank_0
+from jobs.train.collectives import broadcast_from_rank_0, parameter_spread
+from jobs.train.session import Session
 from jobs.train.steps import BatchFeeder, train_step
 from jobs.train.timing import GradientClock, StepTimer
 from jobs.train.tracking import Tracker, describe
@@ -67,6 +68,9 @@ class WorkerJob:
     """A `ray.util.queue.Queue` the driver draws progress from (None: no display)."""
     verbose: bool = False
     """Keep Ray Train's per-report INFO lines (`isrn -v`)."""
+    lease: dict[str, str] | None = None
+    """The writer lease the driver holds (`{"path", "holder"}`, jobs/train/lease.py): rank 0 checks it
+    before it prunes or uploads a checkpoint. None: no check (one process, no Ray)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +137,9 @@ class Trainer:
         self.feeder = BatchFeeder(device, pin_memory=spec.train.pin_memory,
                                   channels_last=spec.train.channels_last)
         self.losses = LossLog()
+        self.evaluation: ValEvaluation | None = None
+        self.previous_breakdown = None
+        """Rank 0's latest evaluation breakdown, which the next evaluation's bar chart compares with."""
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -178,12 +185,15 @@ class Trainer:
             self.timer.reset()
             epoch_started = time.perf_counter()
             metrics = self.train_epoch()
+            breakdown: dict[str, float] = {}
             if state.epoch % spec.eval.every_epochs == 0 or state.epoch == spec.train.epochs:
                 with self.timer.wall("evaluation"):
-                    ap = self.evaluate()
-                metrics.update({M.VAL_AP[setting]: value for setting, value in ap.items()})
+                    metrics.update(self.evaluate())
+                if self.previous_breakdown is not None:  # rank 0: to MLflow, and into this checkpoint
+                    breakdown = M.breakdown_metrics(self.previous_breakdown)
             with self.timer.wall("checkpoint"):
                 self.report(metrics)
+            metrics.update(breakdown)  # not reported to Ray: Tune's tables would list every subset
             # The shares are of the epoch's whole wall time: `other` is what no timer covers
             # (host-to-device copies, metric logging, progress events, the loop itself).
             shares = self.timer.shares(time.perf_counter() - epoch_started)
@@ -253,7 +263,7 @@ class Trainer:
             # Wall time of the epoch's steps, mid-epoch checkpoint reports included (bench/train_overhead.py).
             M.EPOCH_TRAIN_SECONDS: train_s,
             M.EPOCH_STEPS: steps,
-            M.PARAM_DIVERGENCE: parameter_divergence(self.model, self.device),
+            M.PARAM_DIVERGENCE: parameter_spread(unwrap(self.model), self.device),
         }
 
     def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, Tensor]:
@@ -262,21 +272,25 @@ class Trainer:
                           clock=self.clock, amp=self.spec.train.amp, grad_clip_norm=self.spec.train.grad_clip_norm)
 
     def evaluate(self) -> dict[str, float]:
-        """The official WIDER FACE AP of the current weights, the same on every rank."""
+        """The official WIDER FACE AP of the current weights, the same on every rank (`val_ap_<setting>`);
+        rank 0 keeps the breakdown by face subset (`previous_breakdown`)."""
         spec, state = self.spec, self.state
         started = time.perf_counter()
+        if self.evaluation is None:  # the ground truth is fetched at the first evaluation
+            self.evaluation = ValEvaluation.of(spec, ground_truth_of(self.job.val_manifest, self.settings),
+                                               self.device, self.tracker, self.is_main)
         val_loader = make_val_loader(self.job.val_manifest, spec.loader, rank=self.session.rank,
                                      world_size=self.session.world_size, settings=self.settings)
-        ap = evaluate_epoch(self.model, val_loader, self.device,
-                            ground_truth=ground_truth_of(self.job.val_manifest, self.settings), epoch=state.epoch,
-                            is_main=self.is_main, tracker=self.tracker, grid_size=spec.eval.image_grid,
-                            amp=spec.eval.amp)
-        ap = broadcast_from_rank_0(ap)  # every rank reports the same numbers
+        breakdown = self.evaluation.run(self.model, val_loader, epoch=state.epoch, previous=self.previous_breakdown)
+        ap = None if breakdown is None else {setting: float(breakdown.ap(setting)) for setting in M.VAL_AP}
+        ap = broadcast_from_rank_0(ap, self.device)  # every rank reports the same numbers
         state.last_ap, state.last_ap_epoch = ap, state.epoch
         state.best_ap_hard = max(state.best_ap_hard, ap["hard"])
         self.progress.emit(Evaluated(epoch=state.epoch, epochs=self.plan.epochs, ap=ap,
                                      seconds=time.perf_counter() - started))
-        return ap
+        if breakdown is not None:
+            self.previous_breakdown = breakdown
+        return {M.VAL_AP[setting]: value for setting, value in ap.items()}
 
     def report(self, extra: dict[str, float]) -> None:
         """Report metrics on every rank; rank 0 attaches a checkpoint of the unwrapped model.
@@ -300,7 +314,8 @@ class Trainer:
             return
         # The session owns the directory from here (Ray deletes it after its background upload).
         directory = Path(tempfile.mkdtemp(prefix="isrn-ckpt-"))
-        save_checkpoint(directory, unwrap(self.model), self.optimizer, state, self.spec.to_dict())
+        save_checkpoint(directory, unwrap(self.model), self.optimizer, state, self.spec.to_dict(),
+                        breakdown=self.previous_breakdown.to_json() if evaluated and self.previous_breakdown else None)
         self.session.report(metrics, directory)
 
 
@@ -338,20 +353,3 @@ def prepare_for_device(model: torch.nn.Module, spec: JobSpec, device: torch.devi
         for part in (model.backbone, model.neck, *model.heads):
             part.compile()
     return model
-
-
-def parameter_divergence(model: torch.nn.Module, device: torch.device) -> float:
-    """Largest difference between ranks of a float64 checksum of the parameters (0.0 when in sync).
-
-    A collective: every rank calls it. DDP keeps replicas identical; this proves it each epoch. The
-    checksum is computed and gathered on the worker's device (NCCL gathers no CPU tensors).
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return 0.0
-    checksum = torch.stack([p.detach().double().sum() for p in unwrap(model).parameters()]).sum().reshape(1)
-    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, checksum.to(device))
-    values = torch.cat(gathered)
-    return float(values.max() - values.min())

@@ -43,7 +43,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logging.getLogger("ray.train").setLevel(logging.WARNING)
         # Train V2 names this logger by its file path, outside the "ray.train" tree.
         train_context.logger.setLevel(logging.WARNING)
-    run_worker(JobSpec.from_dict(config["spec"]), job, RaySession(job.faults))
+    run_worker(JobSpec.from_dict(config["spec"]), job, RaySession(job.faults, job.lease))
 
 
 def run_worker(spec: JobSpec, job: WorkerJob, session: Session, tracker: Tracker | None = None) -> TrainingState:

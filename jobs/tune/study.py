@@ -24,10 +24,15 @@ from jobs import tags
 from jobs.cluster import Bundle, autoscaler_node_types, cluster_nodes, max_capacity, trials_that_fit
 from jobs.environment import JobEnvironment
 from jobs.errors import ConfigError
+from jobs.lineage import pin_init_from, submission_id
+from jobs.preflight import check_tracking_server
 from jobs.spec import JobSpec
-from jobs.train.driver import new_run_name
-from jobs.train.run import PreparedJob, execute, log_best_model, prepare_job, run_store, storage_for
-from jobs.train.tracking import find_run, finish_run, run_url, set_tag, start_or_resume_run
+from jobs.train.resume import describe_differences, keep_pinned_init_from, new_run_name, spec_differences
+from jobs.train.run import (
+    LeaseRef, PreparedJob, execute, log_best_model, prepare_job, prepare_storage, run_store, storage_for,
+    writer_lease,
+)
+from jobs.train.tracking import find_run, finish_run, run_spec, run_url, set_tag, start_or_resume_run
 from jobs.tune.config import TuneConfig
 from jobs.tune.mlflow_study import TrialRunStatus, closed_trials, log_study_summary, trial_run_name
 from jobs.tune.search_space import apply_trial_config, check_space, param_space, searched_values
@@ -48,6 +53,8 @@ class StudyContext:
     train_manifest: str
     val_manifest: str
     lineage: dict[str, str]
+    lease: dict[str, str] | None = None
+    """The study's writer lease (`LeaseRef` fields): trials check it before they write."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +94,8 @@ def run_trial(config: dict[str, Any], *, context: StudyContext) -> None:
                                  params={**job.spec.flat_params(),
                                          **searched_values(JobSpec.from_dict(context.spec), config)},
                                  spec_yaml=job.spec.to_yaml())
-    execute(job, run_name, run_id, callbacks=[TuneReportCallback()], log_model=False)
+    execute(job, run_name, run_id, callbacks=[TuneReportCallback()], log_model=False,
+            lease=LeaseRef(**context.lease) if context.lease else None)
 
 
 def trial_bundles(spec: JobSpec) -> list[Bundle]:
@@ -153,24 +161,60 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
     tune_spec = spec.tune
     assert tune_spec is not None
     env = env or JobEnvironment.resolve()
-    job = prepare_job(spec, env, extra_bundles=[{"CPU": tune_spec.trial_cpus}])
-    # Capacity as the autoscaler could grow it: the first trial is already known to fit.
-    capacity = max_capacity(cluster_nodes(), autoscaler_node_types(), unbounded_as=tune_spec.num_samples
-                            * len(trial_bundles(spec)))
-    concurrency = max_concurrent_trials(spec, capacity)
+    check_tracking_server(env.tracking_uri)
+    prepare_storage(spec, env)
     study = resume or name or new_run_name(spec)
     storage_path, filesystem = storage_for(spec, env)
     study_path = f"{storage_path}/{study}"
     experiment = spec.tracking.experiment
-    if resume:
-        parent = find_run(env.tracking_uri, experiment, study)
-        if parent is None or not tune.Tuner.can_restore(study_path, storage_filesystem=filesystem):
-            raise ConfigError(f"no study {study!r} to resume: no MLflow run in experiment {experiment!r} "
-                            f"or no Tune state at {study_path}")
+    parent = find_run(env.tracking_uri, experiment, study) if resume or name else None
+    restorable = parent is not None and tune.Tuner.can_restore(study_path, storage_filesystem=filesystem)
+    if name and not resume and restorable:
+        # A study named again (a retried RayJob, a resubmitted `isrn submit --run-name`) continues.
+        log.warning("study %s exists: resuming it", study)
+        resume = study
+    if resume and not restorable:
+        raise ConfigError(f"no study {study!r} to resume: no MLflow run in experiment {experiment!r} "
+                          f"or no Tune state at {study_path}")
+    recorded = run_spec(env.tracking_uri, parent.info.run_id) if parent is not None else None
+    if recorded is not None:
+        spec = keep_pinned_init_from(spec, recorded)
+    spec, _ = pin_init_from(spec, env.tracking_uri)  # as it runs: model.init_from pinned to a version
+    if parent is not None:
         if parent.data.tags.get(tags.SPEC_FINGERPRINT) != spec.fingerprint():
-            raise ConfigError(f"study {study!r} ran spec {parent.data.tags.get(tags.SPEC_FINGERPRINT)}, this spec is "
-                            f"{spec.fingerprint()}: resume with the same spec and --set values")
+            fields = (f" (study's value -> this spec's):\n{describe_differences(spec_differences(recorded, spec.to_dict()))}"
+                      if recorded is not None else f": it ran spec {parent.data.tags.get(tags.SPEC_FINGERPRINT)}, this "
+                                                  f"spec is {spec.fingerprint()}")
+            raise ConfigError(f"study {study!r} was started with another spec{fields}\nresume with the same spec "
+                              f"and --set values")
 
+    # The lease before the rest of the preparation: a study another job runs is refused at once.
+    lease = writer_lease(spec, env, study, job=submission_id())
+    lease.acquire()
+    try:
+        job = prepare_job(spec, env, extra_bundles=[{"CPU": tune_spec.trial_cpus}])
+        spec = job.spec
+        # Capacity as the autoscaler could grow it: the first trial is already known to fit.
+        capacity = max_capacity(cluster_nodes(), autoscaler_node_types(), unbounded_as=tune_spec.num_samples
+                                * len(trial_bundles(spec)))
+        concurrency = max_concurrent_trials(spec, capacity)
+        return _run_locked(spec, env, job, study, study_path, filesystem, storage_path, concurrency, resume,
+                           lease, started)
+    finally:
+        lease.release()
+
+
+def _run_locked(spec: JobSpec, env: JobEnvironment, job: PreparedJob, study: str, study_path: str, filesystem: Any,
+                storage_path: str, concurrency: int, resume: str | None, lease: Any, started: float
+                ) -> StudyOutcome:
+    """The study, once its writer lease is held."""
+    import _thread
+
+    from ray import tune
+
+    tune_spec = spec.tune
+    assert tune_spec is not None
+    experiment = spec.tracking.experiment
     parent_run_id = start_or_resume_run(
         env.tracking_uri, experiment, study, params=spec.flat_params(), spec_yaml=spec.to_yaml(),
         tags={**job.lineage, tags.STUDY: study, tags.TUNE_ROLE: "study",
@@ -180,7 +224,8 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
              run_url(env.tracking_uri, parent_run_id))
 
     context = StudyContext(spec=spec.to_dict(), tracking_uri=env.tracking_uri, study=study, parent_run_id=parent_run_id,
-                           train_manifest=job.train_manifest, val_manifest=job.val_manifest, lineage=job.lineage)
+                           train_manifest=job.train_manifest, val_manifest=job.val_manifest, lineage=job.lineage,
+                           lease=dataclasses.asdict(LeaseRef(lease.path, lease.holder)))
     trainable = tune.with_resources(functools.partial(run_trial, context=context), {"CPU": tune_spec.trial_cpus})
     if resume:
         tuner = tune.Tuner.restore(study_path, trainable, resume_unfinished=True, resume_errored=True,
@@ -201,8 +246,11 @@ def run_study(spec: JobSpec, *, resume: str | None = None, name: str | None = No
             ),
         )
     try:
-        results = tuner.fit()
+        with lease.kept_alive(on_lost=_thread.interrupt_main):
+            results = tuner.fit()
     except BaseException:
+        if lease.lost is not None:
+            raise lease.lost from None  # the study is another job's now: leave its MLflow run alone
         finish_run(env.tracking_uri, parent_run_id, "FAILED")
         raise
 

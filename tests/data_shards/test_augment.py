@@ -79,14 +79,14 @@ def test_sampling_is_seeded():
     assert draw(3) == draw(3)
 
 
-# ---- the recipe of shared/ISRN.md ("Training recipe"), worked by hand -------------------------------
+# ---- the recipe of docs/model.md ("Training recipe"), worked by hand -------------------------------
 
 NO_FACES = np.zeros((0, 4))
 SIZES_AT_OR_BELOW_45 = [8.0, 11.313708, 16.0, 22.627416, 32.0, 45.254832]  # 2·4, 2√2·4, … 2√2·16
 
 
 def test_das_maps_onto_the_detectors_own_anchor_sizes():
-    # ISRN.md "Anchors": scales {2, 2√2} × stride on strides 4 … 128 → 8, 11.3, 16, … 256, 362 px
+    # docs/model.md "Anchors": scales {2, 2√2} × stride on strides 4 … 128 → 8, 11.3, 16, … 256, 362 px
     from isrn_model.anchors import ANCHOR_SCALES, level_stride
 
     expected = sorted(s * level_stride(level) for level in range(2, 8) for s in ANCHOR_SCALES)
@@ -147,7 +147,7 @@ def test_square_crop_is_the_short_side_or_a_fraction_of_it():
 
 def test_zoom_out_expands_every_image_by_one_to_four():
     cfg = AugmentConfig(data_anchor_sampling_prob=0.0, crop_full_side_prob=1.0)
-    assert cfg.zoom_out_prob == 1.0  # ISRN.md lists zoom-out ×[1, 4] with no probability: always
+    assert cfg.zoom_out_prob == 1.0  # the recipe lists zoom-out ×[1, 4] with no probability: always
     sides = _crop_sides(cfg)  # side = ratio × short side, ratio ~ U[1, 4]
     assert (sides >= 100.0).all() and (sides <= 400.0).all() and np.median(sides) > 200.0
 

@@ -11,7 +11,8 @@ from data_shards import shard_writer
 from data_shards.loader import AugmentConfig, LoaderConfig, make_train_loader, make_val_loader
 from data_shards.manifest import fetch_ground_truth, find_manifests, manifest_url, read_manifest, verify_manifest
 from data_shards.storage import S3Settings, S3Store, StorageAccessError, check_access, s3_client
-from data_shards.wider_layout import Face, WiderLayout, load_val_ground_truth
+from data_shards.wider_layout import Face, WiderLayout
+from isrn_model.wider_eval import load_ground_truth
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +45,9 @@ def test_round_trip_is_exact(wider_root, s3_env, fresh_bucket, tmp_path):
     found = find_manifests(url)
     assert set(found) == {"train", "val"}
     assert verify_manifest(*found["val"]) == []
-    gt = load_val_ground_truth(fetch_ground_truth(manifest_url(url, "val"), tmp_path / "gt"))
-    assert set(gt.boxes) == {(r.event, r.name) for r in layout.records("val")}
+    fetch_ground_truth(manifest_url(url, "val"), tmp_path / "gt")
+    gt = load_ground_truth(tmp_path / "gt")
+    assert set(gt.keys()) == {(r.event, r.name) for r in layout.records("val")}
 
     # the loaders stream the same shards from S3 through the boto3 opener
     cfg = LoaderConfig(batch_size=2, augment=AugmentConfig(out_size=96), num_workers=1, val_batch_size=4)

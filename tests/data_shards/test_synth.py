@@ -3,8 +3,9 @@
 import numpy as np
 import scipy.io
 
-from data_shards.synth import face_settings, generate_dataset, generate_image
-from data_shards.wider_layout import SETTINGS, Face, WiderLayout, load_val_ground_truth
+from data_shards.synth import face_settings, generate_dataset, generate_image, val_ground_truth
+from data_shards.wider_layout import Face, ImageRecord, WiderLayout
+from isrn_model.wider_eval import ATTRIBUTE_VALUES, ATTRIBUTES, SETTINGS, ground_truth_mat_files, load_ground_truth
 
 
 def test_layout_and_annotations(wider_root):
@@ -66,15 +67,51 @@ def test_val_mats_match_the_official_structure(wider_root, shared_dir):
 
 def test_gt_list_follows_the_rule(wider_root):
     layout = WiderLayout(wider_root)
-    gt = load_val_ground_truth(layout.ground_truth_files())
+    gt = load_ground_truth(wider_root / "ground_truth")
     records = {(r.event, r.name): r for r in layout.records("val")}
-    assert set(gt.boxes) == set(records)
-    for key, rec in records.items():
-        np.testing.assert_array_equal(gt.boxes[key], np.array([f.xywh() for f in rec.faces], np.int32).reshape(-1, 4))
+    assert set(gt.keys()) == set(records)
+    for image in gt:
+        rec = records[image.key]
+        np.testing.assert_array_equal(image.boxes, np.array([f.xywh() for f in rec.faces], np.int32).reshape(-1, 4))
         previous = set()
         for setting in SETTINGS:  # easy, medium, hard: nested
-            counted = set(gt.counted[setting][key].tolist())
+            counted = set(image.keep[setting].tolist())
             assert counted == {i for i, f in enumerate(rec.faces) if setting in face_settings(f)}
             assert previous <= counted
             assert not any(rec.faces[i].invalid for i in counted)
             previous = counted
+
+
+def test_the_labels_of_what_was_done_survive_the_mat_files(wider_root):
+    # Each face's six codes in the annotation file (what the generator did to it) are its label lists
+    # in the .mat files: the metric's per-attribute breakdown reads them from there.
+    records = {(r.event, r.name): r for r in WiderLayout(wider_root).records("val")}
+    gt = load_ground_truth(wider_root / "ground_truth")
+    assert gt.has_attributes
+    for image in gt:
+        faces = records[image.key].faces
+        for name in ATTRIBUTES:
+            assert image.attributes[name].tolist() == [getattr(f, name) for f in faces], (image.key, name)
+    # wider_face_split/ holds the same wider_face_val.mat as ground_truth/
+    split_copy = (wider_root / "wider_face_split" / "wider_face_val.mat").read_bytes()
+    assert split_copy == (wider_root / "ground_truth" / "wider_face_val.mat").read_bytes()
+
+
+def test_every_attribute_code_round_trips(tmp_path):
+    # Hand-made faces covering every code of every attribute (blur 0-2, occlusion 0-2, the others 0-1),
+    # in an image each: generator records -> .mat bytes -> load_ground_truth.
+    faces = []
+    for name in ATTRIBUTES:
+        for code in range(len(ATTRIBUTE_VALUES[name])):
+            faces.append(Face(10 * len(faces), 5, 30, 36, **{name: code}))
+    records = [ImageRecord("0--Parade/0_Parade_Parade_0_1.jpg", tuple(faces[:7])),
+               ImageRecord("0--Parade/0_Parade_Parade_0_2.jpg", ()),  # no face: empty lists
+               ImageRecord("12--Group/12_Group_Group_12_3.jpg", tuple(faces[7:]))]
+    for name, data in ground_truth_mat_files(val_ground_truth(records)).items():
+        (tmp_path / name).write_bytes(data)
+    gt = load_ground_truth(tmp_path)
+    assert [image.key for image in gt] == [(r.event, r.name) for r in records]
+    loaded = {name: np.concatenate([image.attributes[name] for image in gt]).tolist() for name in ATTRIBUTES}
+    assert loaded == {name: [getattr(f, name) for f in faces] for name in ATTRIBUTES}
+    # face_settings decides the keep lists: blur 2 and occlusion 2 leave Medium, any label but expression leaves Easy
+    assert [int(k) + 1 for k in gt.images[0].keep["medium"]] == [1, 2, 4, 5, 6, 7]  # face 3 is blur=heavy

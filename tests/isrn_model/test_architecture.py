@@ -1,4 +1,4 @@
-"""The architecture pinned to shared/ISRN.md: every number below is worked out by hand.
+"""The architecture pinned to docs/model.md: every number below is worked out by hand.
 
 Backbone parameter counts are compared with torchvision's ResNets (torchvision is not installed
 here). Source: the `num_params` of `ResNet18_Weights.IMAGENET1K_V1` (11,689,512) and

@@ -78,7 +78,7 @@ def test_the_job_spec_sees_the_library_descriptions():
 
 
 def test_the_defaults_are_the_recipe_of_isrn_md():
-    # "STC and STR", "Anchors", "Inference" (released code's values) and "Training recipe" of shared/ISRN.md
+    # "STC and STR", "Anchors", "Inference" (released code's values) and "Training recipe" of docs/model.md
     model = ModelConfig()
     assert (model.stc_levels, model.str_levels, model.stc_threshold) == ((2, 3, 4), (5, 6, 7), 0.99)
     loss = LossConfig()

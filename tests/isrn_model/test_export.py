@@ -7,7 +7,7 @@ import torch
 
 from isrn_model.anchors import anchors_for_feature_sizes
 from isrn_model.builder import build_isrn
-from isrn_model.config import InferenceConfig, ModelConfig
+from isrn_model.config import LEVELS, InferenceConfig, ModelConfig
 from isrn_model.export import ExportableISRN, export_onnx, export_program, load_model, save_model, traced_grid_anchors
 
 TINY = ModelConfig(depth=18, base_width=16, fpn_channels=32, head_channels=32, share_heads=False)
@@ -98,3 +98,13 @@ def test_the_onnx_file_detects_the_same_faces(program, tmp_path):
         assert got.shape == expected.shape == (batch, 100, 5)
         assert (expected[..., 4] > 0).sum() > 50  # a real comparison: many detections
         np.testing.assert_allclose(got, expected, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_export_leaves_no_fake_anchors_behind(model, program):
+    # Anchors are cached per size for eager runs, but not while torch.export traces (a tensor made
+    # there is a fake tensor): an eager run at the exported example's size (256 × 384) gets real ones.
+    anchors = anchors_for_feature_sizes(LEVELS, [(256 >> lvl, 384 >> lvl) for lvl in LEVELS], "cpu")
+    assert type(anchors) is torch.Tensor and anchors.shape == (2 * 8190, 4)  # 64·96 + 32·48 + … + 2·3 = 8190 locations
+    with torch.no_grad():
+        assert len(model(torch.rand(1, 3, 256, 384) * 255)) == 1

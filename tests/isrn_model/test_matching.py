@@ -43,3 +43,30 @@ def test_no_faces_is_all_background_and_chunks_agree(monkeypatch):
     whole = match_boxes(anchors, gt, 0.4, 0.5, True)
     monkeypatch.setattr(m, "IOU_CHUNK_ELEMENTS", 400)  # 2 faces per chunk
     assert torch.equal(match_boxes(anchors, gt, 0.4, 0.5, True), whole)
+
+
+def test_batched_matching_equals_per_image_on_padded_faces(monkeypatch):
+    import isrn_model.matching as m
+    from isrn_model.matching import match_boxes_batched
+    from tests.isrn_model import reference
+
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(3, 150, 2, generator=g) * 100
+    refs = torch.cat([xy, xy + 12], dim=2)  # per-image references, as step 2's refined boxes
+    counts = [4, 0, 9]
+    faces = []
+    for n in counts:
+        gxy = torch.rand(n, 2, generator=g) * 100
+        faces.append(torch.cat([gxy, gxy + torch.rand(n, 2, generator=g) * 20 + 3], dim=1))
+    gt = torch.tensor([0.0, 0.0, 50.0, 50.0]).repeat(3, 9, 1)  # padding overlaps references: `valid` hides it
+    valid = torch.zeros(3, 9, dtype=torch.bool)
+    for i, f in enumerate(faces):
+        gt[i, :len(f)], valid[i, :len(f)] = f, True
+    for low_quality in (True, False):
+        expected = torch.stack([reference.match_boxes(refs[i], f, 0.4, 0.5, low_quality) for i, f in enumerate(faces)])
+        assert torch.equal(match_boxes_batched(refs, gt, valid, 0.4, 0.5, low_quality), expected)
+        monkeypatch.setattr(m, "IOU_CHUNK_ELEMENTS", 3 * 150 * 2)  # 2 faces a chunk
+        assert torch.equal(match_boxes_batched(refs, gt, valid, 0.4, 0.5, low_quality), expected)
+        monkeypatch.undo()
+    shared = match_boxes_batched(refs[0], gt, valid, 0.3, 0.7, True)  # one set of anchors for the batch
+    assert torch.equal(shared[2], reference.match_boxes(refs[0], faces[2], 0.3, 0.7, True))

@@ -93,7 +93,7 @@ def test_str_matches_the_refined_box_not_the_raw_anchor():
 def test_stc_filters_second_step_classification_only_unless_asked():
     # Face exactly on A1 = [100, 100, 110, 110], whose first-step face probability 0.0067 ≤ 0.01: STC
     # removes A1 from the step-2 classification loss. Its step-2 regression (dx = 0.5 against a target
-    # of 0) still counts, as ISRN.md says: smooth-L1(0.5, β = 1/9) = 0.5 − 0.5 · (1/9) = 0.44444.
+    # of 0) still counts, as docs/model.md says: smooth-L1(0.5, β = 1/9) = 0.5 − 0.5 · (1/9) = 0.44444.
     gt = [torch.tensor([[100.0, 100.0, 110.0, 110.0]])]
     out = _outputs()
     out.box2[0] = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]]], requires_grad=True)
@@ -105,3 +105,34 @@ def test_stc_filters_second_step_classification_only_unless_asked():
     ours = compute_losses(out, gt, LossConfig(allow_low_quality_matches=False, stc_filter_regression=True),
                           stc_threshold=0.99)
     assert ours["loss_box_2"].item() == 0.0  # [ours] the filtered positive leaves the box loss too
+
+
+LOGIT_PRIOR_BF16 = -4.59375  # the prior logit −ln 99 = −4.59512 rounded to bf16: p = 0.010014 > 0.01
+
+
+def test_stc_filter_decides_in_float32_under_bf16():
+    # Every anchor starts at the prior. Under bf16 autocast its logit is −4.59375, p = 0.010014: it
+    # survives STC. In bf16, sigmoid rounds to 0.0100098 and 0.01 itself to 0.0100098, so "p > 0.01"
+    # was False and STC dropped every anchor at the start of training.
+    cls1 = {2: torch.tensor([[LOGIT_PRIOR_BF16, -4.625]], dtype=torch.bfloat16)}  # −4.625: p = 0.0097
+    assert stc_keep_masks((2,), cls1, [2], batch_size=1, face_threshold=0.01)[0].tolist() == [[True, False]]
+
+
+def test_outputs_of_bf16_heads_give_float32_losses_and_predictions():
+    # The hand-built example with every head output in bf16 (as under autocast): same losses as in
+    # float32 (the values are exact in bf16), float32 scores and boxes.
+    gt = [torch.tensor([[0.0, 0.0, 10.0, 10.0]])]
+    cfg = LossConfig(allow_low_quality_matches=False)
+    exact = compute_losses(_outputs(box1_dx=0.5, box2_dx=0.5), gt, cfg, stc_threshold=0.99)
+    out = _outputs(box1_dx=0.5, box2_dx=0.5)
+    out.cls1 = {k: v.detach().bfloat16() for k, v in out.cls1.items()}
+    out.box1 = {k: v.detach().bfloat16() for k, v in out.box1.items()}
+    out.cls2 = [v.detach().bfloat16() for v in out.cls2]
+    out.box2 = [v.detach().bfloat16() for v in out.box2]
+    losses = compute_losses(out, gt, cfg, stc_threshold=0.99)
+    for name, value in losses.items():
+        assert value.dtype == torch.float32
+        assert value.item() == pytest.approx(exact[name].item(), rel=1e-6), name
+    scores, boxes = dense_predictions(out, stc_face_threshold=0.01)
+    assert scores.dtype == boxes.dtype == torch.float32
+    assert boxes[0, 2].tolist() == pytest.approx([20.0, 0.0, 40.0, 20.0])

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from isrn_model.wider_eval import (
+    ATTRIBUTE_VALUES,
+    ATTRIBUTES,
     SETTINGS,
     WiderFaceEvaluator,
     box_overlap,
     evaluate,
     ground_truth_from_arrays,
+    ground_truth_mat_files,
     load_ground_truth,
     match_faces,
     normalize_scores,
@@ -23,6 +26,7 @@ from isrn_model.wider_eval import (
     write_predictions,
 )
 from isrn_model.wider_eval.evaluate import matlab_int32
+from isrn_model.wider_eval.mat_files import mat_file_names
 
 # Two faces in the first image, none in the second, one in the third. Face (0, 1) counts only in
 # Hard; the settings are nested as in the real data.
@@ -250,14 +254,67 @@ def test_malformed_files_are_rejected(tmp_path, text, message):
         read_prediction_file(_write(tmp_path / "e" / "x.txt", text))
 
 
-def test_ground_truth_round_trips_through_mat_files(tmp_path):
-    gt = _ground_truth()
+def _labelled(faces=FACES, keep=KEEP):
+    """FACES with attribute labels: face k of the whole set gets code k % (number of values)."""
+    codes, start = {name: [] for name in ATTRIBUTES}, 0
+    for boxes in faces.values():
+        for name in ATTRIBUTES:
+            codes[name].append((start + np.arange(len(boxes))) % len(ATTRIBUTE_VALUES[name]))
+        start += len(boxes)
+    keys = list(faces)
+    return ground_truth_from_arrays([k[0] for k in keys], [k[1] for k in keys], list(faces.values()), keep, codes)
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_ground_truth_round_trips_through_mat_files(tmp_path, labelled):
+    gt = _labelled() if labelled else _ground_truth()
     save_ground_truth(gt, tmp_path)
     loaded = load_ground_truth(tmp_path)
-    assert loaded.keys() == gt.keys()
+    assert loaded.keys() == gt.keys() and loaded.has_attributes == labelled
     for a, b in zip(gt, loaded):
         assert np.array_equal(a.boxes, b.boxes) and b.boxes.dtype == np.int32
         assert all(np.array_equal(a.keep[s], b.keep[s]) for s in SETTINGS)
+        assert not labelled or all(np.array_equal(a.attributes[n], b.attributes[n]) for n in ATTRIBUTES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(mat_file_names().values())  # no temporary file left
+
+
+def test_mat_files_are_the_same_bytes_for_the_same_ground_truth():
+    # The MATLAB header normally carries the creation time; ours is fixed, so files compare by content.
+    first, second = ground_truth_mat_files(_labelled()), ground_truth_mat_files(_labelled())
+    assert first == second and list(first) == list(mat_file_names().values())
+    assert first["wider_face_val.mat"].startswith(b"MATLAB 5.0 MAT-file, written by isrn_model.wider_eval")
+
+
+def test_mat_files_keep_the_official_types():
+    # As the official release: label lists uint8 [N, 1], gt_list uint8 [K, 1] (1-based), in every file.
+    import io
+
+    import scipy.io
+
+    files = ground_truth_mat_files(_labelled())
+    hard = scipy.io.loadmat(io.BytesIO(files["wider_hard_val.mat"]))
+    assert hard["gt_list"][0, 0][0, 0].dtype == np.uint8 and hard["gt_list"][0, 0][0, 0].ravel().tolist() == [1, 2]
+    assert hard["occlusion_label_list"][0, 0][0, 0].dtype == np.uint8
+    assert hard["occlusion_label_list"][0, 0][0, 0].tolist() == [[0], [1]]  # face k: k % 3
+    assert hard["face_bbx_list"][1, 0][0, 0].dtype == np.int32  # 1--Handshaking, image c
+
+
+def test_a_main_file_with_some_label_lists_only_is_rejected(tmp_path):
+    import scipy.io
+
+    save_ground_truth(_labelled(), tmp_path)
+    main = scipy.io.loadmat(tmp_path / "wider_face_val.mat")
+    del main["pose_label_list"]
+    scipy.io.savemat(tmp_path / "wider_face_val.mat", {k: v for k, v in main.items() if not k.startswith("__")})
+    with pytest.raises(ValueError, match="not pose_label_list: the attribute lists come all six or none"):
+        load_ground_truth(tmp_path)
+
+
+def test_attribute_codes_are_checked():
+    codes = {name: [np.zeros(1, np.uint8)] for name in ATTRIBUTES}
+    codes["occlusion"] = [np.array([3])]
+    with pytest.raises(ValueError, match=r"occlusion label of face 0 of image 0 \(e/a\) is 3; expected a code 0..2"):
+        ground_truth_from_arrays(["e"], ["a"], [np.array([[0, 0, 1, 1]])], {"easy": [[0]]}, codes)
 
 
 def test_ground_truth_folder_missing_a_file(tmp_path):

@@ -12,7 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isrn_model.wider_eval import SETTINGS, evaluate, ground_truth_from_arrays, load_ground_truth, match_faces
+from isrn_model.wider_eval import (
+    ATTRIBUTE_VALUES,
+    ATTRIBUTES,
+    SETTINGS,
+    SUBSETS,
+    evaluate,
+    evaluate_breakdown,
+    ground_truth_from_arrays,
+    load_ground_truth,
+    match_faces,
+    subset_mask,
+)
 
 GT_DIR = Path(os.environ.get("WIDER_GT_DIR", Path(__file__).resolve().parents[2] / ".." / "shared" / "widerface" / "ground_truth"))
 
@@ -229,14 +240,19 @@ def _reference_ap(predictions, gt, float_iou):
     return aps
 
 
-def test_matches_a_literal_transliteration_of_the_matlab_code(val):
-    # A slice of val: the images with near-duplicate faces and the width -2 face, plus a few others;
-    # predictions: own boxes, boxes moved by half pixels (rounding inside the overlap), and noise.
+def _slice(val, keep=None):
+    """The images with near-duplicate faces and the width -2 face, plus a few others; keep lists as given."""
     wanted = {"0_Parade_marchingband_1_410", "2_Demonstration_Political_Rally_2_637", "21_Festival_Festival_21_604",
               "36_Football_Football_36_157", "39_Ice_Skating_iceskiing_39_583"}
     images = [im for im in val if im.name in wanted] + [im for im in val.images[::97] if len(im.boxes) <= 40]
-    gt = ground_truth_from_arrays([i.event for i in images], [i.name for i in images], [i.boxes for i in images],
-                                  {s: [i.keep[s] for i in images] for s in SETTINGS})
+    keep = keep or (lambda image, setting: image.keep[setting])
+    return ground_truth_from_arrays([i.event for i in images], [i.name for i in images], [i.boxes for i in images],
+                                    {s: [keep(i, s) for i in images] for s in SETTINGS},
+                                    {a: [i.attributes[a] for i in images] for a in ATTRIBUTES})
+
+
+def _noisy(gt):
+    """Own boxes, boxes moved by half pixels (rounding inside the overlap), and noise; scores with ties."""
     rng = np.random.default_rng(3)
     predictions = {}
     for image in gt:
@@ -246,8 +262,110 @@ def test_matches_a_literal_transliteration_of_the_matlab_code(val):
         boxes = np.concatenate([boxes, moved, noise])
         scores = np.round(rng.uniform(0, 1, len(boxes)), 2)  # ties: the stable sort matters
         predictions[image.key] = np.concatenate([boxes, scores[:, None]], axis=1)
+    return predictions
+
+
+def test_matches_a_literal_transliteration_of_the_matlab_code(val):
+    gt = _slice(val)
+    predictions = _noisy(gt)
     for float_iou in (False, True):
         got = evaluate(predictions, gt, float_iou=float_iou).ap
         expected = _reference_ap(predictions, gt, float_iou)
         assert got == pytest.approx(expected, abs=1e-12), float_iou
     assert evaluate(predictions, gt).ap != evaluate(predictions, gt, float_iou=True).ap
+
+
+# --- AP per attribute and size ------------------------------------------------------------------------
+
+LABEL_COUNTS = {  # faces per code over the 39,708 faces of wider_face_val.mat, read with scipy
+    "blur": [5686, 10381, 23641], "expression": [39308, 400], "illumination": [37410, 2298],
+    "invalid": [39123, 585], "occlusion": [23812, 7185, 8711], "pose": [38053, 1655],
+}
+
+
+def test_every_attribute_list_holds_its_documented_values(val, gt_dir):
+    from scipy.io import loadmat
+
+    mat = loadmat(gt_dir / "wider_face_val.mat")
+    for name in ATTRIBUTES:
+        cells = [cell for event in mat[f"{name}_label_list"][:, 0] for cell in event[:, 0]]
+        assert all(cell.dtype == np.uint8 and cell.ndim == 2 and cell.shape[1] == 1 for cell in cells), name
+        codes = val.face_attribute(name)
+        assert np.array_equal(codes, np.concatenate([cell.ravel() for cell in cells]))
+        assert np.bincount(codes).tolist() == LABEL_COUNTS[name]  # every code named in ATTRIBUTE_VALUES occurs
+        assert len(LABEL_COUNTS[name]) == len(ATTRIBUTE_VALUES[name])
+        for code, value in enumerate(ATTRIBUTE_VALUES[name]):
+            assert subset_mask(val, f"{name}={value}").sum() == LABEL_COUNTS[name][code]
+
+
+def detections_from_ground_truth(val, *, seed: int, drop=None, false_positives: int = 20) -> dict:
+    """A detector made from the ground truth: each face's box moved by ~8% of its width, scored from
+    Beta(5, 2), except the faces `drop` marks (per image, bool [N]); plus boxes at random places
+    (6 to 300 px wide) scored from Beta(2, 5)."""
+    rng = np.random.default_rng(seed)
+    predictions = {}
+    for i, image in enumerate(val):
+        boxes = image.boxes.astype(np.float64)
+        found = np.ones(len(boxes), bool) if drop is None else ~drop[i]
+        moved = boxes + rng.normal(0.0, 0.08, boxes.shape) * np.maximum(boxes[:, 2:3], 1)
+        size = np.exp(rng.uniform(np.log(6), np.log(300), (false_positives, 1))) * np.array([[1.0, 1.25]])
+        noise = np.concatenate([rng.uniform(0, 1000, (false_positives, 2)), size], axis=1)
+        scores = np.concatenate([rng.beta(5, 2, len(boxes)), rng.beta(2, 5, false_positives)])
+        rows = np.concatenate([np.concatenate([moved, noise]), scores[:, None]], axis=1)
+        predictions[image.key] = rows[np.concatenate([found, np.ones(false_positives, bool)])]
+    return predictions
+
+
+# The official AP of detections_from_ground_truth(val, seed=0), computed by the evaluator before
+# the breakdown existed (its matching and counting were rewritten to be shared with the breakdown).
+BEFORE = {False: {"easy": 0.7924758083888533, "medium": 0.8565944313971711, "hard": 0.9214691841212689},
+          True: {"easy": 0.7952451685630956, "medium": 0.8584344037540169, "hard": 0.9228403129412149}}
+
+
+@pytest.mark.parametrize("float_iou", [False, True])
+def test_subset_all_is_the_official_ap_bit_for_bit(val, float_iou):
+    predictions = detections_from_ground_truth(val, seed=0)
+    official = evaluate(predictions, val, float_iou=float_iou)
+    breakdown = evaluate_breakdown(predictions, val, float_iou=float_iou)
+    assert official.ap == BEFORE[float_iou]  # exact: the same floats as before the rewrite
+    for setting in SETTINGS:
+        assert breakdown.ap(setting) == official.ap[setting]
+        assert np.array_equal(breakdown.pr_curve(setting), official.pr_curves[setting], equal_nan=True)
+        assert breakdown.faces(setting) == val.num_faces_in(setting)
+    assert list(breakdown.subsets["hard"]) == list(SUBSETS)
+
+
+def test_a_subset_missed_on_purpose_has_the_lower_ap(val):
+    occlusion = val.face_attribute("occlusion")
+    offsets = val.face_offsets()
+    heavy = [occlusion[offsets[i]:offsets[i + 1]] == 2 for i in range(len(val))]
+    breakdown = evaluate_breakdown(detections_from_ground_truth(val, seed=0, drop=heavy), val)
+    full = evaluate_breakdown(detections_from_ground_truth(val, seed=0), val)
+    for setting in SETTINGS:
+        assert breakdown.faces(setting, "occlusion=heavy") > 0
+        # every such face dropped: only a random box or a neighbour's moved box finds one now and then
+        assert breakdown.ap(setting, "occlusion=heavy") < 0.01 < full.ap(setting, "occlusion=heavy") - 0.3
+        assert breakdown.ap(setting, "occlusion=none") > 0.5
+        assert breakdown.ap(setting) < full.ap(setting)
+        # the official keep lists hold no invalid face: that subset is empty, reported as such
+        assert breakdown.ap(setting, "invalid=true") is None and breakdown.faces(setting, "invalid=true") == 0
+        # each attribute's values split the setting's faces; the size bands leave out faces under 10 px
+        for name in ATTRIBUTES:
+            assert sum(breakdown.faces(setting, f"{name}={v}") for v in ATTRIBUTE_VALUES[name]) == val.num_faces_in(setting)
+    assert [val.num_faces_in(s) - sum(breakdown.faces(s, f"size={b}") for b in ("small", "medium", "large"))
+            for s in SETTINGS] == [0, 0, 3]
+
+
+def test_subsets_match_the_literal_transliteration_with_the_keep_list_cut(val):
+    # The definition, checked against the MATLAB transliteration: a subset's AP is the official AP
+    # with the keep list cut to the faces of the subset.
+    gt = _slice(val)
+    predictions = _noisy(gt)
+    breakdown = evaluate_breakdown(predictions, gt, subsets=["occlusion=heavy", "size=small"])
+    for subset in ("occlusion=heavy", "size=small"):
+        mask = subset_mask(gt, subset)
+        offsets = gt.face_offsets()
+        index = {image.key: i for i, image in enumerate(gt)}
+        cut = _slice(val, keep=lambda image, s: image.keep[s][mask[offsets[index[image.key]] + image.keep[s]]])
+        expected = _reference_ap(predictions, cut, float_iou=False)
+        assert {s: breakdown.ap(s, subset) for s in SETTINGS} == pytest.approx(expected, abs=1e-12), subset

@@ -1,6 +1,6 @@
 """Promotion fixtures: the session's MLflow server, and training-like runs logged the way training logs them.
 
-`training_run` follows the contract of issue #12: the best evaluated checkpoint is the run's
+`training_run` follows the platform's contract: the best evaluated checkpoint is the run's
 LoggedModel (`mlflow.pytorch.log_model(name="model")`, its URI in tag `jobs.tags.MODEL_URI`) and carries
 its own `val_ap_*` (`log_model_metrics`); the run's own last `val_ap_hard` is deliberately another
 number, the last evaluation's, which promotion must not use.
@@ -19,6 +19,12 @@ import pytest
 
 from jobs import tags as T
 from jobs.local_platform import Platform
+
+SHELL_CANARY = "ISRN_TEST_SHELL_CANARY"
+"""Exported here, at collection, so every local platform this session starts is started from a shell
+that has it: no job may see it (tests/jobs/local_platform/test_local_platform.py), as a token or a
+fault plan exported before `isrn platform up` must not reach one."""
+os.environ.setdefault(SHELL_CANARY, "exported-before-platform-up")
 
 
 @pytest.fixture

@@ -7,13 +7,16 @@ carries neither. Nodes on one machine share its disk, so `isrn submit` runs from
 folder deleted right after submitting: the workers can get data, spec and checkpoints only
 through S3, the job's working_dir and MLflow.
 
-One smoke job proves three things in one run (the CI budget has room for one):
+One smoke job proves four things in one run (the CI budget has room for one):
 1. submitted while the cluster has a single worker node (the job needs two), it waits for the
    cluster and starts when a node is added (`scaling.resources_timeout_s`, jobs/cluster.py);
 2. every training worker runs on a worker node;
 3. node loss: once a checkpoint is complete in S3, the node of a worker is removed and a fresh
-   node added; the run resumes from that checkpoint on the new node and finishes in one MLflow run
-   with no epoch lost.
+   node added; the run resumes from that checkpoint on the new node;
+4. driver loss (a lost head pod, a killed submitter): once a newer checkpoint is complete, the
+   job's driver is killed; the same entrypoint submitted again with the same run name (what a
+   retried RayJob does) takes over the dead driver's writer lease once it expires, resumes from
+   that checkpoint in the same MLflow run, and finishes with every epoch logged once.
 Then the secret scan: the S3 secret appears in no checkpoint-bucket object, no Ray job's info or
 logs, no MLflow run's params, tags or artifacts, after this job and a Tune study.
 """
@@ -28,12 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ISRN = [sys.executable, "-m", "jobs.cli"]
 EPOCHS, STEPS_PER_EPOCH = 3, 6   # smoke: 48 train images, batch 4, 2 workers
+LEASE_TIMEOUT_S = 20  # a dead driver's run is taken over 20 s after its last renewal (default 120 s)
 
 
 def _own_disk() -> str:
@@ -118,22 +123,29 @@ def multinode_run(cluster, local_platform, local_s3, smoke_shards):
     dashboard, ray_cluster = cluster["dashboard"], cluster["cluster"]
     client = _job_client(dashboard)
     mlflow = MlflowClient(local_platform.config.tracking_uri)
-    # The driver's folder: gone as soon as the job is submitted.
-    driver_dir = Path(tempfile.mkdtemp(prefix="isrn-multinode-driver-"))
     env = {**os.environ, "MLFLOW_TRACKING_URI": local_platform.config.tracking_uri}
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RAY_ADDRESS"):
         env.pop(name, None)  # the submitting shell holds no credential and points at no cluster
     started = time.monotonic()
-    submitted = subprocess.run(
-        [*ISRN, "submit", "smoke", "--address", dashboard, "--python", sys.executable, "--no-wait",
-         "--submission-id", "isrn-multinode-smoke", "--set", "data.synth=null",
-         "--set", "data.shards=s3://isrn-shards/test-smoke", "--set", f"train.epochs={EPOCHS}",
-         "--set", "scaling.resources_timeout_s=300", "--set", "scaling.max_failures=2"],
-        cwd=driver_dir, env=env, capture_output=True, text=True, timeout=120)
-    shutil.rmtree(driver_dir)
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    assert "a remote cluster" in submitted.stdout, submitted.stdout  # not mistaken for the local platform
+
+    def submit(submission_id: str, *run_name: str) -> str:
+        """`isrn submit` of the smoke job from a folder deleted right after (the driver's folder: gone as
+        soon as the job is submitted); returns the run's name."""
+        folder = Path(tempfile.mkdtemp(prefix="isrn-multinode-driver-"))
+        submitted = subprocess.run(
+            [*ISRN, "submit", "smoke", "--address", dashboard, "--python", sys.executable, "--no-wait",
+             "--submission-id", submission_id, *run_name, "--set", "data.synth=null",
+             "--set", "data.shards=s3://isrn-shards/test-smoke", "--set", f"train.epochs={EPOCHS}",
+             "--set", "scaling.resources_timeout_s=300", "--set", "scaling.max_failures=2",
+             "--set", f"checkpoint.lease_timeout_s={LEASE_TIMEOUT_S}"],
+            cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+        shutil.rmtree(folder)
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        assert "a remote cluster" in submitted.stdout, submitted.stdout  # not mistaken for the local platform
+        return submitted.stdout.split(": run ", 1)[1].split()[0]
+
     job_id = "isrn-multinode-smoke"
+    submitted_name = submit(job_id)
 
     # 1. It waits for the cluster: one node of 1 CPU cannot hold two 1-CPU workers.
     def job_state() -> str:
@@ -158,6 +170,7 @@ def multinode_run(cluster, local_platform, local_s3, smoke_shards):
         [mlflow.get_experiment_by_name("isrn-smoke").experiment_id],
         f"tags.`ray.submission_id` = '{job_id}'"), 120)[0]
     run_name = run.data.tags["isrn.ray_run_name"]
+    assert run_name == submitted_name  # named at submission: the user knows it before the job starts
 
     # 3. Node loss once a checkpoint is complete in S3: remove the node of a worker, add a fresh one.
     def complete_checkpoints():
@@ -172,14 +185,30 @@ def multinode_run(cluster, local_platform, local_s3, smoke_shards):
     cluster["nodes"].remove(victim)
     cluster["nodes"].append(add_worker_node(ray_cluster))
 
-    status = _wait("the job to end", lambda: (s := str(client.get_job_status(job_id).value)) in
-                   ("SUCCEEDED", "FAILED", "STOPPED") and s, 900, poll_s=2)
+    def job_end(submission_id: str) -> str:
+        return _wait(f"job {submission_id} to end", lambda: (s := str(client.get_job_status(submission_id).value))
+                     in ("SUCCEEDED", "FAILED", "STOPPED") and s, 900, poll_s=2)
+
+    # 4. Driver loss once a checkpoint newer than those of the node loss is complete.
+    newer = _wait("a newer complete checkpoint", lambda: [c for c in complete_checkpoints() if c not in complete],
+                  600, poll_s=0.5)
+    (driver,) = _wait("the job's driver", lambda: [p for p in psutil.process_iter(["cmdline"])
+                                                  if "jobs.cli" in (p.info["cmdline"] or [])
+                                                  and run_name in (p.info["cmdline"] or [])], 30)
+    driver.kill()
+    driver_lost_at = time.monotonic()
+    assert job_end(job_id) == "FAILED"
+    retry_id = "isrn-multinode-smoke-retry"
+    assert submit(retry_id, "--run-name", run_name) == run_name  # the same entrypoint, as a retried RayJob runs it
+    status = job_end(retry_id)
     finished = time.monotonic()
-    logs = client.get_job_logs(job_id)
+    logs = client.get_job_logs(retry_id)
     assert status == "SUCCEEDED", logs[-6000:]
+    assert "taking over the lease" in logs, logs[-6000:]
     return {"job_id": job_id, "run_id": run.info.run_id, "run_name": run_name, "logs": logs,
-            "first_complete": complete[0], "victim": victim_id, "wall_s": finished - started,
-            "after_node_loss_s": finished - lost_at, "waited_s": waited_at - started, "mlflow": mlflow,
+            "first_complete": complete[0], "complete_at_driver_loss": newer[-1], "victim": victim_id,
+            "wall_s": finished - started, "after_node_loss_s": driver_lost_at - lost_at,
+            "after_driver_loss_s": finished - driver_lost_at, "waited_s": waited_at - started, "mlflow": mlflow,
             "client": client}
 
 
@@ -190,18 +219,24 @@ def test_a_job_waits_for_the_cluster_and_survives_a_node_loss(multinode_run):
     # One MLflow run for the whole job, with the resume in it.
     experiment = mlflow.get_experiment_by_name("isrn-smoke").experiment_id
     assert len(mlflow.search_runs([experiment], f"tags.`ray.submission_id` = '{multinode_run['job_id']}'")) == 1
-    resumed = [m.value for m in mlflow.get_metric_history(run_id, "resumed_from_step")]
+    assert len(mlflow.search_runs([experiment], f"tags.`isrn.ray_run_name` = '{multinode_run['run_name']}'")) == 1
+    resumed = [int(m.value) for m in sorted(mlflow.get_metric_history(run_id, "resumed_from_step"),
+                                            key=lambda m: m.timestamp)]
     first_step = int(multinode_run["first_complete"].removeprefix("step_"))
-    assert len(resumed) == 1 and resumed[0] >= first_step, (resumed, multinode_run["first_complete"])
-    # No epoch lost: every epoch's end was logged, and every step.
-    epochs = sorted({int(m.value) for m in mlflow.get_metric_history(run_id, "epoch")})
+    at_driver_loss = int(multinode_run["complete_at_driver_loss"].removeprefix("step_"))
+    # Once after the node loss, once after the driver loss, each from a checkpoint complete by then.
+    assert len(resumed) == 2 and resumed[0] >= first_step and resumed[1] >= at_driver_loss, (
+        resumed, multinode_run["first_complete"], multinode_run["complete_at_driver_loss"])
+    # No epoch lost, none logged twice: every epoch's end was logged once, and every step once.
+    epochs = sorted(int(m.value) for m in mlflow.get_metric_history(run_id, "epoch"))
     assert epochs == list(range(1, EPOCHS + 1))
-    steps = {m.step for m in mlflow.get_metric_history(run_id, "loss_cls_1")}
-    assert max(steps) == EPOCHS * STEPS_PER_EPOCH
+    steps = sorted(m.step for m in mlflow.get_metric_history(run_id, "loss_cls_1"))
+    assert steps == sorted(set(steps)) and max(steps) == EPOCHS * STEPS_PER_EPOCH
     assert run.data.tags["isrn.world_size"] == "2" and run.data.tags.get("isrn.model_uri", "").startswith("models:/")
     print(f"\nmulti-node smoke: {multinode_run['wall_s']:.0f} s wall (waited {multinode_run['waited_s']:.0f} s for "
-          f"a node), resumed from step {int(resumed[0])} after losing node {multinode_run['victim'][:8]}, "
-          f"{multinode_run['after_node_loss_s']:.0f} s from the node loss to the end")
+          f"a node), resumed from step {resumed[0]} after losing node {multinode_run['victim'][:8]}, from step "
+          f"{resumed[1]} after losing the driver ({multinode_run['after_node_loss_s']:.0f} s from the node loss to "
+          f"the driver loss, {multinode_run['after_driver_loss_s']:.0f} s from the driver loss to the end)")
 
 
 def test_no_secret_leaves_where_it_is_configured(multinode_run, local_platform, local_s3, tune_study):

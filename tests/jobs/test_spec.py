@@ -71,7 +71,7 @@ def test_the_job_spec_imports_neither_torch_nor_opencv_nor_webdataset():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-# ---- ${VAR} in spec strings (k8s: the buckets of the isrn-platform ConfigMap, issue #17) ----------
+# ---- ${VAR} in spec strings (k8s: the buckets of the isrn-platform ConfigMap) ------------------
 
 BUCKET_VARS = ("ISRN_SHARDS_BUCKET", "ISRN_CHECKPOINTS_BUCKET")
 

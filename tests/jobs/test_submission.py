@@ -79,3 +79,76 @@ def test_submit_goes_to_the_given_address_and_sends_no_credential(platform_env, 
     assert info.entrypoint.startswith(sys.executable)  # recognised as the local platform by its head's label
     assert info.runtime_env["env_vars"] == {"ISRN_NOTE": "hello"}
     assert platform_env.config.s3.secret_key not in str(info)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_submissions_in_one_second_are_two_runs_and_a_live_run_is_not_resumed(platform_env, smoke_shards,
+                                                                                   ray_shutdown, monkeypatch):
+    """Two `isrn submit` of one spec in the same second: two run names, two MLflow runs, two storage
+    folders each with its own writer lease. While they run, `isrn train --resume` of one of them is
+    refused: a live job holds it (its lease is renewed while the resume watches)."""
+    import datetime as dt
+    import time
+
+    from mlflow.tracking import MlflowClient
+    from ray.job_submission import JobSubmissionClient
+
+    from jobs.cli import main
+    from jobs.train import resume
+    from jobs.train.lease import LEASE_FILE
+
+    url = platform_env.config.ray_dashboard_url
+    experiment = "isrn-submit-twice"
+    sets = [*smoke_shards, "train.epochs=1", "scaling.num_workers=1", "tracking.log_model=false",
+            "checkpoint.lease_timeout_s=20", f"tracking.experiment={experiment}"]
+    # Two submissions from a script, in the same second.
+    monkeypatch.setattr(resume, "utc_now", lambda: dt.datetime(2026, 11, 29, 10, 15, 0, tzinfo=dt.UTC))
+    names, jobs = [], []
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["submit", "smoke", "--address", url, "--no-wait",
+                                           *(a for s in sets for a in ("--set", s))])
+        assert result.exit_code == 0, result.output
+        jobs.append(result.output.split("submitted job ", 1)[1].split()[0])
+        names.append(result.output.split(": run ", 1)[1].split()[0])
+    assert names[0] != names[1] and all(n.startswith("smoke-20261129-101500-") for n in names), names
+
+    client, jobs_api = MlflowClient(platform_env.config.tracking_uri), JobSubmissionClient(url)
+    s3 = platform_env.config
+    try:
+        deadline = time.monotonic() + 240
+        runs, leases = {}, {}
+        while time.monotonic() < deadline and (len(runs) < 2 or len(leases) < 2):
+            found = client.get_experiment_by_name(experiment)
+            for name in names:
+                hits = client.search_runs([found.experiment_id], f"tags.`isrn.ray_run_name` = '{name}'") if found else []
+                if hits:
+                    runs[name] = hits[0].info.run_id
+                key = f"runs/{name}/{LEASE_FILE}"
+                objects = _s3(s3).list_objects_v2(Bucket=s3.s3.bucket_checkpoints, Prefix=key).get("Contents", [])
+                if objects:
+                    leases[name] = _s3(s3).get_object(Bucket=s3.s3.bucket_checkpoints, Key=key)["Body"].read()
+            time.sleep(1)
+        assert len(runs) == 2 and len(set(runs.values())) == 2, (runs, [jobs_api.get_job_logs(j)[-2000:] for j in jobs])
+        assert len(leases) == 2 and leases[names[0]] != leases[names[1]], leases
+
+        started = time.monotonic()
+        refused = CliRunner().invoke(main, ["train", "smoke", "--resume", names[0],
+                                            *(a for s in sets for a in ("--set", s))])
+        assert refused.exit_code != 0 and "is being written by another job" in refused.output, refused.output
+        print(f"\ntwo submissions in one second: runs {names}; a resume of a live run refused in "
+              f"{time.monotonic() - started:.0f} s")
+    finally:
+        for job in jobs:
+            jobs_api.stop_job(job)
+        deadline = time.monotonic() + 60  # their workers free the head's CPUs before the next test
+        while time.monotonic() < deadline and any(
+                str(jobs_api.get_job_status(job).value) not in {"SUCCEEDED", "FAILED", "STOPPED"} for job in jobs):
+            time.sleep(1)
+
+
+def _s3(config):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=config.s3_endpoint, aws_access_key_id=config.s3.access_key,
+                        aws_secret_access_key=config.s3.secret_key, region_name=config.s3.region)

@@ -58,7 +58,9 @@ def kustomize_command() -> list[str]:
 def k8s_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of k8s/ with the example secret files in place of the real ones."""
     root = tmp_path_factory.mktemp("k8s") / "k8s"
-    shutil.copytree(K8S, root, ignore=shutil.ignore_patterns("*.env"))
+    # Only the secrets are left behind: other env files (overlays/prod/nccl.env) are settings.
+    shutil.copytree(K8S, root, ignore=lambda folder, names: [
+        n for n in names if n.endswith(".env") and Path(folder).name == "secrets"])
     for example in root.glob("overlays/*/secrets/*.env.example"):
         shutil.copy(example, example.with_suffix(""))
     return root

@@ -1,5 +1,5 @@
 """The KubeRay objects (RayCluster, RayJob) of every overlay: against KubeRay's own CRDs, and the
-settings a first production deploy depends on (issue #17).
+settings a first production deploy depends on.
 
 The CRDs of the oldest and the newest supported KubeRay release are in kuberay_crds/ (source and
 license in its README). Their openAPI schemas leave unknown fields open, and the API server would
@@ -21,6 +21,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.k8s.test_manifests import quantity
+
 REPO = Path(__file__).resolve().parents[2]
 CRDS = Path(__file__).resolve().parent / "kuberay_crds"
 # Release -> {CRD file: its git blob id at that tag}: the files are KubeRay's, byte for byte.
@@ -36,8 +38,16 @@ KUBERAY = {
 }
 CRD_FILE = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 # Node labels that appear only after a node has booted (NVIDIA GPU feature discovery, node feature
-# discovery): a pod that selects them can never make an autoscaler start a node (issue #17, item 2).
+# discovery): a pod that selects them can never make an autoscaler start a node.
 LATE_NODE_LABELS = ("nvidia.com/", "feature.node.kubernetes.io/")
+# A GPU worker pod holds a whole node, all the GPUs of the 8-GPU nodes prod is sized for
+# (k8s/base/raycluster.yaml): its Train workers share one IPC namespace and /dev/shm, so NCCL keeps
+# the all-reduce on NVLink/PCIe or shared memory instead of the pod network's sockets.
+GPUS_PER_NODE = "8"
+# NCCL's settings that prod's GPU workers read (k8s/overlays/prod/nccl.env); its debugging switches
+# must not stay set (NVIDIA's guide), nor the name torch 2.2 deprecated.
+NCCL_SETTINGS = {"NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "NCCL_DEBUG", "TORCH_NCCL_ASYNC_ERROR_HANDLING"}
+NCCL_NOT_IN_PRODUCTION = {"NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_ASYNC_ERROR_HANDLING"}
 
 
 def _closed(schema: dict) -> dict:
@@ -142,11 +152,11 @@ def test_ray_clusters_autoscale_with_autoscaler_v2(objects: list[dict]) -> None:
         assert spec["rayVersion"] == ray.split("==")[1], name
         assert spec["enableInTreeAutoscaling"] is True, name
         # Ray >= 2.60 runs autoscaler v2 under KubeRay; KubeRay configures the pods for it only
-        # when told (issue #17, item 8).
+        # when told.
         assert spec["autoscalerOptions"]["version"] == "v2", name
         for group in spec["workerGroupSpecs"]:
             assert group["minReplicas"] <= group["maxReplicas"], f"{name} {group['groupName']}"
-            # `kubectl apply` would reset the autoscaler's count to it (issue #17, item 9).
+            # `kubectl apply` would reset the autoscaler's count to it.
             assert "replicas" not in group, f"{name} {group['groupName']}: replicas belongs to the autoscaler"
 
 
@@ -181,8 +191,39 @@ def test_gpu_workers_only_in_prod_and_on_nodes_an_autoscaler_can_start(overlay: 
             if group == "head" or not overlay.startswith("prod"):
                 assert gpus is None, f"{name} {group} asks for a GPU"
             else:
-                assert gpus == "1", f"{name} {group}"
+                assert gpus == GPUS_PER_NODE, f"{name} {group}: {gpus} GPUs a pod, not a whole node's {GPUS_PER_NODE}"
                 assert any(t["key"] == "nvidia.com/gpu" for t in pod.get("tolerations", [])), f"{name} {group}"
+                configs = [s["configMapRef"]["name"] for s in container["envFrom"] if "configMapRef" in s]
+                assert "isrn-nccl" in configs, f"{name} {group}: no NCCL settings (ConfigMap isrn-nccl)"
+
+
+def test_nccl_settings_for_the_pod_network(render) -> None:
+    """prod's GPU workers read NCCL's settings from one ConfigMap (overlays/prod/nccl.env): the pod
+    network's interface, sockets rather than RDMA devices the pods do not have, warnings, and
+    collectives that fail instead of hanging."""
+    (nccl,) = [o for o in render("prod") if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "isrn-nccl"]
+    settings = nccl["data"]
+    assert NCCL_SETTINGS <= set(settings), sorted(settings)
+    assert not NCCL_NOT_IN_PRODUCTION & set(settings), sorted(NCCL_NOT_IN_PRODUCTION & set(settings))
+    assert settings["NCCL_DEBUG"] == "WARN" and settings["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+    assert settings["NCCL_SOCKET_IFNAME"] == settings["GLOO_SOCKET_IFNAME"], "NCCL and gloo on one interface"
+
+
+def test_object_store_fits_in_dev_shm(objects: list[dict]) -> None:
+    """Where a group sets Ray's object store size, /dev/shm holds it with room for the DataLoader
+    batches and NCCL's segments; else Ray would put it in /tmp (slow) or leave them no room."""
+    for name, spec in _own_clusters(objects):
+        groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
+        for group, (group_name, pod, container) in zip(groups, _ray_pods(spec)):
+            store = group.get("rayStartParams", {}).get("object-store-memory")
+            if store is None:
+                continue
+            (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+            (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+            shm = quantity(volume["emptyDir"]["sizeLimit"])
+            assert int(store) + 8 * 2**30 <= shm, (
+                f"{name} {group_name}: object store {int(store) / 2**30:g} GiB in a {float(shm) / 2**30:g} GiB /dev/shm "
+                "leaves less than 8 GiB for the loaders and NCCL")
 
 
 def _affinity_keys(affinity: dict) -> list[str]:
@@ -191,7 +232,7 @@ def _affinity_keys(affinity: dict) -> list[str]:
 
 
 def test_rayjobs_end(objects: list[dict], job_clusters) -> None:
-    """A deadline on every RayJob, so that one that cannot get its nodes fails (issue #17, item 2),
+    """A deadline on every RayJob, so that one that cannot get its nodes fails,
     and a cluster of its own is deleted after the job."""
     assert len(job_clusters) == sum(o["kind"] == "RayJob" for o in objects)
     for job, _ in job_clusters:

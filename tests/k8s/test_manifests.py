@@ -1,6 +1,6 @@
 """Every rendered overlay of k8s/: core kinds against the Kubernetes schemas; every ConfigMap,
 Secret (and key), service account and image that a manifest names exists; and the policies a first
-production deploy needs (issue #17): cluster-internal Services, NetworkPolicies in front of MLflow
+production deploy needs: cluster-internal Services, NetworkPolicies in front of MLflow
 and PostgreSQL, container resources a node can honour, images pinned, S3 through IAM roles."""
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def test_the_platform_image_is_used_under_its_build_names(objects: list[dict]) -
 def test_cpu_and_cuda_builds_are_one_version(overlay: str, objects: list[dict], platform_objects) -> None:
     """The MLflow server (cpu build) and the Ray pods (cuda build) run the same release; in prod
     each is pinned by digest: a pushed-again tag with IfNotPresent leaves nodes on different
-    builds (issue #17, item 9)."""
+    builds."""
     images = {c["image"] for _, _, c in containers_of(objects + platform_objects)}
     builds = [m for m in map(PLATFORM_IMAGE.fullmatch, sorted(images)) if m]
     versions = {re.sub(r"-(cpu|cuda)$", "", m["tag"]) for m in builds}
@@ -177,7 +177,7 @@ def test_mlflow_server_serves_s3_artifacts_from_a_postgres_store(overlay: str, o
 
 
 def test_mlflow_database_follows_the_release_and_the_secret(overlay: str, objects: list[dict]) -> None:
-    """The schema is migrated before the server starts (issue #17, item 4); PostgreSQL takes the
+    """The schema is migrated before the server starts; PostgreSQL takes the
     Secret's password at every start (item 7) and is ready only once it answers on TCP (item 9)."""
     if overlay.endswith("/jobs"):
         return
@@ -206,7 +206,7 @@ def test_s3_endpoint_is_in_cluster_locally_and_aws_in_prod(overlay: str, objects
         assert "AWS_ENDPOINT_URL" not in data, "unset means AWS S3"
 
 
-# ---- policies (issue #17) ---------------------------------------------------------------------------
+# ---- policies ------------------------------------------------------------------------------------
 
 def quantity(value: str | int | float) -> Fraction:
     """A Kubernetes quantity as a number: "500m" -> 1/2, "48Gi" -> 48 * 2**30."""
@@ -235,9 +235,14 @@ def _head_groups(node, path: str = ""):
             yield from _head_groups(value, f"{path}/{key}")
 
 
+# The Deployments besides the Ray pods that MLflow lets in: the model server (k8s/base/serving.yaml).
+MLFLOW_CLIENT_DEPLOYMENTS = {"isrn-serve"}
+
+
 def test_networkpolicies_guard_mlflow_and_postgres(overlay: str, objects: list[dict], render) -> None:
-    """PostgreSQL takes connections from the MLflow server only, MLflow from the Ray pods only
-    (issue #17, item 3); every Ray pod of the platform and its RayJobs carries the client label."""
+    """PostgreSQL takes connections from the MLflow server only, MLflow from the Ray pods and the
+    model server only; every Ray pod of the platform and its RayJobs carries the
+    client label."""
     if overlay.endswith("/jobs"):
         return
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
@@ -258,8 +263,11 @@ def test_networkpolicies_guard_mlflow_and_postgres(overlay: str, objects: list[d
         assert any(_selects(s, template.get("metadata", {}).get("labels", {})) for s in allowed["isrn-mlflow"]), (
             f"{name}: the MLflow NetworkPolicy does not let this Ray pod in")
     for name, template in labels.items():
-        if name != "isrn-mlflow":
-            assert not any(_selects(s, template) for s in allowed["isrn-mlflow"]), f"{name} may reach MLflow"
+        admitted = any(_selects(s, template) for s in allowed["isrn-mlflow"])
+        if name in MLFLOW_CLIENT_DEPLOYMENTS:
+            assert admitted, f"{name}: the MLflow NetworkPolicy does not let it in"
+        elif name != "isrn-mlflow":
+            assert not admitted, f"{name} may reach MLflow"
 
 
 def _selects(selector: dict, labels: dict) -> bool:
@@ -294,7 +302,7 @@ def test_container_resources_are_ones_a_node_can_honour(objects: list[dict]) -> 
 
 def test_s3_access_can_come_from_an_iam_role(overlay: str, objects: list[dict], platform_objects) -> None:
     """The static-key Secret is optional in every pod that reads it, so an IAM role for the pod's
-    service account (IRSA) can replace it; prod gives both service accounts one (issue #17, item 5)."""
+    service account (IRSA) can replace it; prod gives both service accounts one."""
     accounts = {o["metadata"]["name"]: o for o in platform_objects if o["kind"] == "ServiceAccount"}
     for where, spec, container in containers_of(objects):
         refs = [s["secretRef"] for s in container.get("envFrom", []) if "secretRef" in s]

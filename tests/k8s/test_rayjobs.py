@@ -1,6 +1,6 @@
 """The RayJobs of every jobs overlay run: each entrypoint is an `isrn` command that accepts its spec
 (run here with `--dry-run`, as in the image), writes to the overlay's buckets, and fits on the Ray
-cluster it runs on (issue #11 item 6, issue #17 items 1 and 6).
+cluster it runs on.
 
 The placement check counts Ray resources per pod the way KubeRay starts the pods: `num-cpus` from
 rayStartParams, else the container's CPU limit, else its request, rounded up; GPUs from `num-gpus`,
@@ -36,9 +36,20 @@ BUCKETS = {"data.shards": "ISRN_SHARDS_BUCKET", "checkpoint.storage": "ISRN_CHEC
 def _command(job: dict) -> tuple[str, str]:
     """(isrn subcommand, spec path) of a RayJob's entrypoint."""
     argv = shlex.split(job["spec"]["entrypoint"])
-    assert argv[0] == "isrn" and argv[1] in {"train", "tune"} and len(argv) == 3, argv
+    # The run (study) is named after the RayJob, so that a retry continues it.
+    name_flag = {"train": "--run-name", "tune": "--name"}.get(argv[1])
+    assert argv[0] == "isrn" and name_flag and argv[3:] == [name_flag, job["metadata"]["name"]], argv
     assert re.fullmatch(r"jobs/specs/[\w.-]+\.yaml", argv[2]), argv[2]
     return argv[1], argv[2]
+
+
+def test_a_rayjob_with_a_cluster_of_its_own_retries_its_pinned_run(jobs_overlay: str, objects: list[dict]) -> None:
+    """A lost head pod or driver retries the job on a new cluster, which continues the run by its
+    pinned name; KubeRay refuses retries on an existing cluster (clusterSelector)."""
+    for job in (o for o in objects if o["kind"] == "RayJob"):
+        _command(job)  # names its run after the RayJob
+        own_cluster = "rayClusterSpec" in job["spec"]
+        assert (job["spec"].get("backoffLimit", 0) >= 1) is own_cluster, (job["metadata"]["name"], job["spec"])
 
 
 def test_jobs_overlays_run_train_and_tune(render, jobs_overlay: str) -> None:
@@ -114,12 +125,37 @@ def test_every_rayjob_fits_within_its_clusters_max_replicas(jobs_overlay: str, j
             f"the cluster's pods at maxReplicas offer {pods}")
 
 
+def test_train_workers_fill_whole_gpu_pods(jobs_overlay: str, job_clusters) -> None:
+    """A GPU job's Train workers, one GPU each, fill whole worker pods of its cluster, no more pods
+    than maxReplicas: workers × 1 GPU = pods × GPUs per pod. A pod left part-empty would hold idle
+    GPUs of a node that no other pod can use; one pod too many would wait forever."""
+    checked = 0
+    for job, cluster in job_clusters:
+        command, path = _command(job)
+        spec = load_spec(REPO / path)
+        if not spec.scaling.use_gpu:
+            continue
+        groups = [g for g in cluster["workerGroupSpecs"]
+                  if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
+        assert len(groups) == 1, f"{job['metadata']['name']}: {len(groups)} GPU worker groups"
+        (group,) = groups
+        gpus_per_pod = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        pods, rest = divmod(spec.scaling.num_workers * 1, gpus_per_pod)
+        where = (f"{job['metadata']['name']} ({path}): {spec.scaling.num_workers} workers × 1 GPU "
+                 f"on pods of {gpus_per_pod} GPUs, maxReplicas {group['maxReplicas']}")
+        assert rest == 0, f"{where}: a pod part-empty"
+        assert 1 <= pods <= group["maxReplicas"], f"{where}: needs {pods} pods"
+        checked += 1
+    assert checked or not jobs_overlay.startswith("prod"), "prod runs its jobs on GPUs"
+
+
 def test_the_placement_check_sees_a_trial_driver_without_a_cpu(render) -> None:
-    """Issue #17, item 6: with all 8 CPUs of each GPU pod given to Train workers, a trial's driver
-    needs a ninth pod that maxReplicas forbids."""
+    """With all of the GPU pod's 88 CPUs given to Train workers, a trial's driver
+    needs a second pod that maxReplicas forbids."""
     (job,) = [j for j in render("prod/jobs") if _command(j)[0] == "tune"]
     pods = ray_pods(job["spec"]["rayClusterSpec"])
-    # 7.5 CPUs per worker leave 0.5 on each GPU pod: the driver's 1 CPU fits on none (study.py packs per pod).
-    for cpus, total in ((7.5, 61), (8, 65)):
-        with pytest.raises(ValueError, match=f"a trial needs {total} CPUs"):
+    assert pods[1:] == [{"CPU": 88.0, "GPU": 8.0}], pods  # the head (0 CPUs), then one whole node
+    # 10.95 CPUs per worker leave 0.4 on the pod: the driver's 1 CPU does not fit (study.py packs per pod).
+    for cpus, total in ((10.95, 88.6), (11, 89)):
+        with pytest.raises(ValueError, match=f"a trial needs {total:g} CPUs"):
             job_bundles("tune", load_spec(REPO / _command(job)[1], [f"scaling.cpus_per_worker={cpus}"]), pods)

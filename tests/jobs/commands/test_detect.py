@@ -144,10 +144,11 @@ def test_detect_and_evaluate_with_the_champion(champion, tmp_path: Path) -> None
     generate_dataset(tmp_path / "wider", train=1, val=4, seed=3, config=SynthConfig(image_width=256, max_face=120))
     build_split(tmp_path / "wider", "val", str(tmp_path / "shards"), progress=False)
     evaluated = CliRunner().invoke(evaluate, ["--model", "models:/isrn-face@champion", "--shards",
-                                              str(tmp_path / "shards"), "--json"])
+                                              str(tmp_path / "shards"), "--json", "-"])
     assert evaluated.exit_code == 0, evaluated.output
-    # MLflow's download progress shares the output; the JSON object is the last {...} in it.
-    ap = json.loads(re.findall(r"\{[^{}]*\}", evaluated.output)[-1])
+    # MLflow's download progress shares the output; the JSON document is its last part.
+    document = json.loads(evaluated.output[evaluated.output.index('{\n "easy"'):])
+    ap = {setting: document[setting]["all"]["ap"] for setting in ("easy", "medium", "hard")}
     assert set(ap) == {"easy", "medium", "hard"} and all(0.0 <= v <= 1.0 for v in ap.values())
 
     # Any MLflow user loads the champion with pyfunc, in a fresh interpreter: no requirement mismatch

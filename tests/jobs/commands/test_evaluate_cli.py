@@ -32,24 +32,30 @@ def _run(*args: str):
     return CliRunner().invoke(main, ["evaluate", *args], catch_exceptions=False)
 
 
-def test_json_output(folders):
+def test_json_output(folders, tmp_path):
     pred, gt = folders
-    result = _run("--predictions", str(pred), "--ground-truth", str(gt), "--json")
+    result = _run("--predictions", str(pred), "--ground-truth", str(gt), "--json", "-")
     assert result.exit_code == 0, result.output
-    ap = json.loads(result.output.strip().splitlines()[-1])
-    assert list(ap) == list(SETTINGS)
-    assert ap["easy"] == pytest.approx(0.5)
-    float_ap = json.loads(_run("--predictions", str(pred), "--ground-truth", str(gt), "--json", "--float-iou").output.strip().splitlines()[-1])
-    assert float_ap["easy"] == pytest.approx(1.0)
+    document = json.loads(result.output)
+    assert [key for key in document if key != "settings"] == list(SETTINGS)
+    assert document["easy"]["all"] == {"ap": pytest.approx(0.5), "faces": 2}
+    assert document["hard"]["all"]["faces"] == 3
+    assert document["settings"]["iou_threshold"] == 0.5 and document["settings"]["matching"].startswith("official")
+    _run("--predictions", str(pred), "--ground-truth", str(gt), "--json", str(tmp_path / "ap.json"), "--float-iou")
+    float_doc = json.loads((tmp_path / "ap.json").read_text())
+    assert float_doc["easy"]["all"]["ap"] == pytest.approx(1.0) and float_doc["settings"]["matching"].startswith("float")
 
 
-def test_table_and_plot(folders, tmp_path):
+def test_table_by_subset_and_plot(folders, tmp_path):
     pred, gt = folders
     result = _run("--predictions", str(pred), "--ground-truth", str(gt), "--plot", str(tmp_path / "pr.png"))
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert any(line.split()[:2] == ["easy", "0.5000"] for line in lines), result.output
-    assert any(line.split()[0] == "hard" and line.split()[2] == "3" for line in lines if line.strip()), result.output
+    rows = {line.split()[0]: line.split()[1:] for line in result.output.splitlines() if line.strip()}
+    # Row `all` is the official AP: Easy 0.5 on 2 faces, Hard on 3 faces; then the attribute and size rows.
+    assert rows["all"][:2] == ["0.5000", "2"] and rows["all"][5] == "3", result.output
+    assert "size=small" in rows  # this ground truth has no attribute labels: sizes only
+    sizes = _run("--predictions", str(pred), "--ground-truth", str(gt), "--by", "size").output
+    assert "size=small" in sizes and "Easy AP" in sizes
     assert (tmp_path / "pr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -71,20 +73,50 @@ def test_mlflow_server_runs_no_job_consumers(local_platform):
     assert len(tree) <= 1 + local_platform.config.mlflow.workers, commands
 
 
-def test_ray_job_through_the_jobs_api_finishes(platform_env):
+def test_ray_job_through_the_jobs_api_finishes_and_sees_nothing_of_the_starting_shell(platform_env):
+    """A job and its tasks run; the variable the shell exported before `isrn platform up`
+    (tests/jobs/conftest.py) reaches neither its driver nor its workers, the platform's own do."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    from tests.jobs.conftest import SHELL_CANARY
+
+    assert os.environ[SHELL_CANARY]  # the shell that started the platform had it
     client = JobSubmissionClient(platform_env.config.ray_dashboard_url)
-    # The entrypoint runs in a shell on the head: name the interpreter (shared/PLATFORM.md).
-    job_id = client.submit_job(
-        entrypoint=f"{sys.executable} -c \"import ray; ray.init(); print('sum', ray.get(ray.remote(lambda: 40 + 2).remote()))\""
-    )
+    probe = textwrap.dedent(f"""
+        import os, ray
+        ray.init()
+        seen = lambda: (os.environ.get({SHELL_CANARY!r}), os.environ.get("MLFLOW_TRACKING_URI"))
+        print("sum", ray.get(ray.remote(lambda: 40 + 2).remote()))
+        print("driver", *seen())
+        print("task", *ray.get(ray.remote(seen).remote()))
+    """)
+    # The entrypoint runs in a shell on the head: name the interpreter (docs/platform-notes.md).
+    job_id = client.submit_job(entrypoint=f"{sys.executable} -c {shlex.quote(probe)}")
     deadline = time.monotonic() + 120
     while client.get_job_status(job_id) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.monotonic() < deadline, client.get_job_logs(job_id)
         time.sleep(1)
-    assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, client.get_job_logs(job_id)
-    assert "sum 42" in client.get_job_logs(job_id)
+    logs = client.get_job_logs(job_id)
+    assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, logs
+    assert "sum 42" in logs
+    uri = platform_env.config.tracking_uri
+    assert f"driver None {uri}" in logs and f"task None {uri}" in logs, logs
+
+
+def test_a_service_starts_with_an_explicit_environment():
+    from jobs.local_platform.services import service_environment
+
+    shell = {"PATH": "/usr/bin", "HOME": "/home/u", "LC_ALL": "C.UTF-8", "ISRN_MLFLOW_PORT": "5001",
+             "ISRN_FAULT_PLAN": "[]", "HF_TOKEN": "t", "HTTPS_PROXY": "http://proxy:3128", "CUDA_VISIBLE_DEVICES": "0"}
+    own = {"AWS_ACCESS_KEY_ID": "isrn-local", "HOME": "/kept-from-own"}
+    assert service_environment(own, (), shell) == {
+        "PATH": "/usr/bin", "HOME": "/kept-from-own", "LC_ALL": "C.UTF-8", "ISRN_MLFLOW_PORT": "5001",
+        "AWS_ACCESS_KEY_ID": "isrn-local"}
+    passed = service_environment(own, ("HTTPS_PROXY", "CUDA_VISIBLE_DEVICES", "NOT_SET"), shell)
+    assert passed["HTTPS_PROXY"] == "http://proxy:3128" and passed["CUDA_VISIBLE_DEVICES"] == "0"
+    assert "NOT_SET" not in passed and "ISRN_FAULT_PLAN" not in passed and "HF_TOKEN" not in passed
+    config = load_platform_config(environ={"ISRN_RAY_PASS_ENV": "[HTTPS_PROXY, CUDA_VISIBLE_DEVICES]"})
+    assert config.ray.pass_env == ("HTTPS_PROXY", "CUDA_VISIBLE_DEVICES")
 
 
 def test_port_held_by_another_process_gives_a_clear_error(tmp_path):
@@ -142,7 +174,7 @@ def test_config_env_overrides_and_unknown_keys(tmp_path):
         load_platform_config(environ={"ISRN_MLFLOW_PORT": "five"})
 
 
-# ---- no way in without a key (issue 13) -------------------------------------------------------------
+# ---- no way in without a key -----------------------------------------------------------------------
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 

@@ -42,6 +42,7 @@ class FakeRegistry:
         self.now_ms = 1_000_000.0
         self.mutex = threading.Lock()
         self.before_rename = lambda name, new_name: None
+        self.before_delete = lambda name: None
 
     def create_registered_model(self, name, tags=None, description=None):
         with self.mutex:
@@ -66,6 +67,7 @@ class FakeRegistry:
             self.models[new_name] = self.models.pop(name)
 
     def delete_registered_model(self, name):
+        self.before_delete(name)
         with self.mutex:
             if self.models.pop(name, None) is None:
                 raise MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
@@ -98,6 +100,31 @@ def test_acquire_release_and_only_the_owner_releases() -> None:
     registry.take("other")
     release(registry, held)
     assert read_holder(registry, LOCK).owner == "other"
+
+
+def test_release_never_deletes_a_lock_taken_while_it_releases() -> None:
+    """Our lock is broken and another promotion takes the name just before our release acts: a read of
+    the owner followed by a delete by name would delete the other's lock. Release renames first,
+    checks what it renamed, and gives back what is not ours."""
+    registry = FakeRegistry()
+    held = acquire(registry, NAME, FAST, URI, lambda: registry.now_ms)
+
+    def broken_and_retaken(*_: str) -> None:
+        if LOCK in registry.models and read_holder(registry, LOCK).owner == held.token:
+            registry.models.pop(LOCK)
+            registry.take("other")
+
+    registry.before_rename = broken_and_retaken  # the release's first mutation, whichever it is
+    registry.before_delete = broken_and_retaken
+    release(registry, held)
+    assert read_holder(registry, LOCK).owner == "other"
+    assert set(registry.models) == {LOCK}  # no tombstone left either
+    # Released normally, the lock and its tombstone are gone.
+    registry.models.clear()
+    registry.before_rename = registry.before_delete = lambda *_: None
+    held = acquire(registry, NAME, FAST, URI, lambda: registry.now_ms)
+    release(registry, held)
+    assert registry.models == {}
 
 
 def test_a_crashed_holders_lock_is_broken_after_the_stale_age_by_the_servers_clock() -> None:
@@ -169,3 +196,18 @@ def test_registry_errors_are_not_read_as_a_free_lock() -> None:
     with pytest.raises(RegistryError, match="break the promotion lock .* INTERNAL_ERROR.*database unavailable"):
         break_lock(registry, stale)
     assert read_holder(registry, LOCK) == stale and tombstone_name(stale) not in registry.models
+
+
+def test_a_lock_released_while_the_server_answers_our_create_is_tried_again() -> None:
+    registry = FakeRegistry()
+    registry.take("holder")
+    create = registry.create_registered_model
+
+    def create_racing_the_release(name, tags=None, description=None):
+        registry.create_registered_model = create
+        registry.delete_registered_model(name)  # the holder releases after our insert failed
+        raise MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
+
+    registry.create_registered_model = create_racing_the_release
+    held = acquire(registry, NAME, FAST, URI, lambda: registry.now_ms)
+    assert read_holder(registry, LOCK).owner == held.token

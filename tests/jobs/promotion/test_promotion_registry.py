@@ -91,6 +91,28 @@ def test_refuses_a_champion_validated_on_another_manifest(mlflow_env, new_experi
     assert not result.decision.promote and "not comparable" in result.decision.reason
 
 
+def test_the_best_run_on_the_champions_val_set_is_promoted(mlflow_env, new_experiment, training_run) -> None:
+    """Candidates on two val manifests: the best AP overall (0.9, val-2222) is not comparable with the
+    champion (0.2, val-1111); the best comparable one (0.5, val-1111) is promoted, and the dry run and
+    the JSON say why the other is not a candidate."""
+    uri, client = mlflow_env
+    experiment, model = new_experiment(client), _model()
+    promote(uri, experiment=experiment, name=model, run_id=training_run(client, experiment, 0.2))
+    elsewhere = training_run(client, experiment, 0.9, val_manifest="val-2222")
+    comparable = training_run(client, experiment, 0.5)
+    dry = CliRunner().invoke(promote_cmd, ["--experiment", experiment, "--model-name", model, "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    outcome = json.loads(dry.output.strip().splitlines()[-1])
+    assert outcome["promote"] and outcome["run_id"] == comparable
+    reasons = {row["run_id"]: row["reason"] for row in outcome["not_candidates"]}
+    assert "evaluated on val manifest val-2222, not on the champion's val-1111" in reasons[elsewhere]
+    text = CliRunner().invoke(promote_cmd, ["--experiment", experiment, "--model-name", model, "--dry-run"])
+    assert f"run {elsewhere}: evaluated on val manifest val-2222" in text.output, text.output
+    result = promote(uri, experiment=experiment, name=model)
+    assert result.decision.promote and result.candidate.run_id == comparable
+    assert client.get_model_version_by_alias(model, CHAMPION).run_id == comparable
+
+
 def test_a_run_whose_model_lacks_its_own_numbers_is_not_a_candidate(mlflow_env, new_experiment, training_run) -> None:
     uri, client = mlflow_env
     experiment, model = new_experiment(client), _model()
@@ -159,7 +181,7 @@ def test_clear_errors(mlflow_env, new_experiment, training_run, monkeypatch) -> 
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
     cli = CliRunner().invoke(promote_cmd, ["--experiment", empty])
-    assert cli.exit_code == 1 and f"MLflow registry at {dead} is unreachable" in cli.output
+    assert cli.exit_code == 1 and f"the MLflow server at {dead} (MLFLOW_TRACKING_URI) does not answer" in cli.output
 
 
 # ---------------------------------------------------------------- registry faults

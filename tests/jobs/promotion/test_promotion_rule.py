@@ -91,6 +91,23 @@ def test_rank_takes_the_best_model_and_lists_the_others() -> None:
     assert rank([record("b", None)], RULE).best is None
 
 
+def test_rank_compares_only_models_evaluated_on_the_champions_val_set() -> None:
+    """The best AP over every val manifest (0.9, on val-new) could not be compared with the champion's
+    and would hide b, the best of those that can (0.6 on the champion's val-aaaa)."""
+    records = [record("a", {"val_ap_hard": 0.9}, manifest="val-new", end=9), record("b", {"val_ap_hard": 0.6}),
+               record("c", {"val_ap_hard": 0.4})]
+    ranking = rank(records, RULE, champion_manifest=VAL)
+    assert ranking.best is not None and ranking.best.run_id == "b"
+    assert [c.run_id for c in ranking.candidates] == ["b", "c"]
+    (run, why), = ranking.rejected
+    assert run == "a" and "evaluated on val manifest val-new, not on the champion's val-aaaa" in why
+    # No champion: the newest manifest (of the candidate that finished last) is the reference.
+    newest = rank(records, RULE)
+    assert newest.best is not None and newest.best.run_id == "a"
+    assert sorted(r for r, _ in newest.rejected) == ["b", "c"]
+    assert "not on the newest" in newest.rejected[0][1]
+
+
 def test_rule_rejects_a_negative_margin() -> None:
     with pytest.raises(ValueError, match="margin"):
         PromotionRule(margin=-0.1)
@@ -111,3 +128,18 @@ def test_descriptions_explain_the_model_and_the_decision() -> None:
     assert "a column `image` of photos" in about and "x1, y1, x2, y2, score" in about and "`previous`" in about
     assert "## Champion: version 2" in about and "| v2 (epoch 6, step 150) | 0.5000 | 0.4000 | 0.3000 |" in about
     assert "None yet" in model_description("isrn-face", rule, None)
+
+
+def test_the_version_description_shows_both_breakdowns_side_by_side():
+    from jobs.promotion.decision import Candidate, Decision, PromotionRule
+    from jobs.promotion.notes import version_description
+
+    candidate = Candidate(run_id="new", metric=0.5, val_manifest="m", version="3", scores={
+        "val_ap_hard": 0.5, "val_ap_hard_occlusion_heavy": 0.25, "val_ap_hard_size_small": 0.4})
+    champion = Candidate(run_id="old", metric=0.45, val_manifest="m", version="2", scores={
+        "val_ap_hard": 0.45, "val_ap_hard_occlusion_heavy": 0.3})
+    text = version_description(candidate, Decision(True, "beats it"), champion, PromotionRule())
+    lines = text.splitlines()
+    assert "| Hard AP by face subset | this version | champion v2 at the time |" in lines
+    assert "| occlusion=heavy | 0.2500 | 0.3000 |" in lines
+    assert "| size=small | 0.4000 | – |" in lines  # the champion carries no value for it: never shown as 0

@@ -79,3 +79,47 @@ def test_fault_plan_parses_and_fires_once(tmp_path, monkeypatch):
     faults.fire(0, plan[0], store.filesystem, store.run_path)
     faults.fire(0, plan[0], store.filesystem, store.run_path)  # recorded in storage: not again
     assert len(killed) == 1 and (tmp_path / "run" / "faults" / "fired-0").is_file()
+
+
+def _session_over(store: CheckpointStore, registered: str | None, monkeypatch):
+    """A rank-0 `RaySession` over `store` whose Ray registered checkpoint is the folder `registered`."""
+    import types
+
+    import ray.train
+    import torch
+
+    from jobs.train.session import RaySession
+
+    session = object.__new__(RaySession)
+    session.rank, session.world_size, session.store = 0, 1, store
+    session.faults, session.lease, session._restore_copy = (), None, None
+    session.device = lambda: torch.device("cpu")  # one rank: the broadcast is the value itself
+    checkpoint = None if registered is None else types.SimpleNamespace(path=registered)
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: checkpoint)
+    return session
+
+
+def test_a_registered_checkpoint_without_its_marker_is_never_loaded(tmp_path, monkeypatch):
+    """Ray registered step 12, but its folder has no marker (never read back): resume from the newest
+    complete folder (step 8), and the unmarked folder is pruned, not loaded after its deletion."""
+    store = CheckpointStore.local(tmp_path / "run")
+    store.upload(_checkpoint(tmp_path, "a", b"step-8"), step=8, epoch=1)
+    unmarked = Path(store.path_of(12))
+    unmarked.mkdir()
+    (unmarked / "training_state.pt").write_bytes(b"half of step 12")
+    session = _session_over(store, str(unmarked), monkeypatch)
+    restored = session.restore_dir()
+    assert (restored / "training_state.pt").read_bytes() == b"step-8"
+    assert not unmarked.exists()
+
+
+def test_the_registered_checkpoint_is_used_once_its_marker_is_read_back(tmp_path, monkeypatch):
+    store = CheckpointStore.local(tmp_path / "run")
+    store.upload(_checkpoint(tmp_path, "a", b"step-8"), step=8, epoch=1)
+    registered = store.upload(_checkpoint(tmp_path, "b", b"step-12"), step=12, epoch=2)
+    session = _session_over(store, registered, monkeypatch)
+    assert (session.restore_dir() / "training_state.pt").read_bytes() == b"step-12"
+    # The newest complete folder wins over an older registration (a report Ray never collected).
+    newer = store.upload(_checkpoint(tmp_path, "c", b"step-16"), step=16, epoch=2)
+    session = _session_over(store, registered, monkeypatch)
+    assert (session.restore_dir() / "training_state.pt").read_bytes() == b"step-16" and newer

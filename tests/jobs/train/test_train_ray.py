@@ -9,6 +9,7 @@ from jobs.errors import ConfigError
 from jobs.spec import load_spec
 from jobs.train.driver import run_training
 from tests.jobs.helpers import metric_history as _history
+from tests.jobs.helpers import s3_outage, train_in_background
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,7 +55,7 @@ def test_two_worker_ddp_run_is_tracked_checkpointed_and_detects(platform_env, lo
     assert {"time_share_data_wait", "time_share_forward", "time_share_backward", "time_share_optimizer",
             "time_share_checkpoint", "time_share_evaluation"} <= set(shares), shares
     assert abs(sum(shares.values()) - 1) < 1e-6
-    # The logged model is the best evaluated checkpoint, and carries its own numbers (issue 12).
+    # The logged model is the best evaluated checkpoint, and carries its own numbers.
     history = dict(_history(client, run.info.run_id, "val_ap_hard"))
     best_step = int(run.data.metrics["best_step"])
     assert best_step in (6, 12) and run.data.metrics["best_val_ap_hard"] == history[best_step]
@@ -106,6 +107,8 @@ def test_killed_workers_resume_from_the_latest_complete_checkpoint(platform_env,
     client = MlflowClient(platform_env.config.tracking_uri)
     run_id = result.mlflow_run_id
     assert [value for _, value in _history(client, run_id, "resumed_from_step")] == [4.0, 8.0]
+    # A test's fault plan is never silent: the run says it was active.
+    assert '"point": "checkpoint_uploaded"' in client.get_run(run_id).data.tags["isrn.fault_plan"]
     # One run, one continuous history: every step logged, the counter never went back to 0.
     steps = [s for s, _ in _history(client, run_id, "loss")]
     assert steps.count(1) == 1 and set(steps) == set(range(1, 19))
@@ -119,6 +122,51 @@ def test_killed_workers_resume_from_the_latest_complete_checkpoint(platform_env,
     assert folders and "step_00000004" not in folders, folders
     assert all(f"runs/{result.run_name}/{folder}/{COMPLETE_MARKER}" in keys for folder in folders), keys
     assert result.best_checkpoint and result.best_checkpoint.rsplit("/", 1)[-1] in folders
+
+
+@pytest.fixture(scope="module")
+def local_smoke_shards(smoke_shards, tmp_path_factory) -> list[str]:
+    """The smoke data set sharded into a local folder: a run whose only S3 traffic is its checkpoints."""
+    from data_shards.shard_writer import build_split
+
+    root = next(s.split("=", 1)[1] for s in smoke_shards if s.startswith("data.synth.root="))
+    out = tmp_path_factory.mktemp("smoke-shards")
+    for split in ("train", "val"):
+        build_split(root, split, str(out), shard_size_mb=0.5, progress=False)  # as the smoke spec's
+    return [f"data.shards={out}", "data.synth=null"]
+
+
+def test_the_run_survives_a_checkpoint_storage_outage(platform_env, local_s3, local_smoke_shards, ray_shutdown):
+    """S3 is stopped for 8 s while checkpoints upload every step. Whichever write meets the outage
+    first, a worker's upload (Ray Train restarts the worker group) or Ray Train's controller's
+    bookkeeping (the driver waits for S3 to take a write and fits again under the same name), the
+    run continues from the newest complete checkpoint, in the same MLflow run, which counts the
+    outage: a run that passes because nothing wrote while S3 was away fails here."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.train.checkpoint_store import COMPLETE_MARKER
+
+    spec = load_spec("smoke", [*local_smoke_shards, "train.epochs=2", "checkpoint.every_steps=1",
+                               "train.log_every_steps=1", "scaling.max_failures=5", "tracking.log_model=false",
+                               "tracking.experiment=isrn-storage-outage", "eval.every_epochs=2"])
+    client = MlflowClient(platform_env.config.tracking_uri)
+    thread, outcome = train_in_background(spec, client, min_steps=2)
+    assert thread.is_alive(), "the run ended before S3 was stopped"
+    s3_outage(local_s3, 8)
+    thread.join(timeout=900)
+    result = outcome["result"]
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED" and result.metrics["epoch"] == 2
+    assert result.storage_outages >= 1 and int(run.data.tags["isrn.storage_outages"]) == result.storage_outages
+    assert _history(client, result.mlflow_run_id, "resumed_from_step")  # it continued from a checkpoint
+    steps = [s for s, _ in _history(client, result.mlflow_run_id, "loss")]
+    assert steps == list(range(1, 13))  # one history, each step once
+    keys = [o["Key"] for o in local_s3.client().list_objects_v2(
+        Bucket="isrn-checkpoints", Prefix=f"runs/{result.run_name}/").get("Contents", [])]
+    folders = {k.split("/")[2] for k in keys if k.split("/")[2].startswith("step_")}
+    assert folders and all(f"runs/{result.run_name}/{f}/{COMPLETE_MARKER}" in keys for f in folders)
+    print(f"\nS3 down 8 s during uploads: {result.storage_outages} outage(s), resumed from "
+          f"{[int(v) for _, v in _history(client, result.mlflow_run_id, 'resumed_from_step')]}, run FINISHED")
 
 
 def test_missing_manifest_fails_before_any_worker(platform_env, fresh_bucket):
@@ -141,7 +189,7 @@ def test_missing_bucket_and_wrong_credentials_fail_before_any_worker(platform_en
 
 def test_the_logged_model_is_the_best_evaluated_checkpoint_and_reproduces_its_ap(platform_env, smoke_overrides,
                                                                                  ray_shutdown):
-    """Issue 12: evaluation every 2 epochs and a learning rate raised ×1000 after epoch 2, so training
+    """Evaluation every 2 epochs and a learning rate raised ×1000 after epoch 2, so training
     diverges and the best evaluated epoch is the first evaluation (epoch 2), not the last (epoch 4).
     The logged model is that checkpoint's; `isrn evaluate --model` of it gives the AP it carries; promotion
     compares that number."""
@@ -173,9 +221,10 @@ def test_the_logged_model_is_the_best_evaluated_checkpoint_and_reproduces_its_ap
     logged_ap = {m.key: m.value for m in logged.metrics}
     assert logged_ap["val_ap_hard"] == evaluations[12]
 
-    evaluated = CliRunner().invoke(evaluate, ["--model", outcome.model_uri, "--shards", spec.data.shards, "--json"])
+    evaluated = CliRunner().invoke(evaluate, ["--model", outcome.model_uri, "--shards", spec.data.shards, "--json", "-"])
     assert evaluated.exit_code == 0, evaluated.output
-    ap = json.loads(re.findall(r"\{[^{}]*\}", evaluated.output)[-1])
+    document = json.loads(evaluated.output[evaluated.output.index('{\n "easy"'):])  # after MLflow's progress
+    ap = {setting: document[setting]["all"]["ap"] for setting in ("easy", "medium", "hard")}
     assert abs(ap["hard"] - logged_ap["val_ap_hard"]) < 1e-3, (ap, logged_ap)
 
     result = promote(platform_env.config.tracking_uri, experiment="isrn-best-checkpoint",

@@ -35,9 +35,16 @@ def test_reports_per_checkpoint_and_epoch_with_their_own_scores(local_shards, tm
             assert abs(sum(shares.values()) - 1) < 1e-9 and "time_share_forward" in shares, (step, shares)
             assert "time_share_other" in shares  # the epoch's wall time, not only what the timers cover
     assert [s for s, _ in tracker.history("val_ap_hard")] == [6]
-    # Four complete checkpoints, each with its marker.
+    # Four complete checkpoints, each with its marker; the evaluated one carries its breakdown by face subset.
     assert [c.rsplit("/", 1)[-1] for c in session.store.folders()] == [
         "step_00000002", "step_00000003", "step_00000004", "step_00000006"]
+    from pathlib import Path
+
+    from jobs.train.run import breakdown_of_checkpoint
+
+    with_breakdown = [Path(c).name for c in session.store.folders() if breakdown_of_checkpoint(Path(c))]
+    assert with_breakdown == ["step_00000006"]
+    assert all(not k.startswith("val_ap_hard_") for r in session.reports for k in r)  # Tune's tables stay short
 
 
 def test_a_new_session_resumes_from_the_newest_complete_checkpoint(local_shards, tmp_path, monkeypatch):
@@ -95,8 +102,15 @@ def test_every_logged_metric_is_a_named_one(local_shards, tmp_path, monkeypatch)
 
     _, tracker, _ = run_local(local_shards, tmp_path, monkeypatch, "loader.batches_per_epoch=2",
                               "train.log_every_steps=1")
+    from isrn_model.wider_eval import SUBSETS
+
     named = {value for value in vars(metrics).values() if isinstance(value, str)}
     named |= set(metrics.AP_METRICS) | set(metrics.EVENT_METRICS)
+    named |= {metrics.BREAKDOWN_PREFIX + subset.replace("=", "_") for subset in SUBSETS if subset != "all"}
     logged = {key for _, logged in tracker.metrics for key in logged}
     unnamed = {key for key in logged if key not in named and not key.startswith((metrics.TIME_SHARE_PREFIX, "loss_"))}
     assert not unnamed, f"metrics logged without a name in jobs/metrics.py: {sorted(unnamed)}"
+    # Every evaluation logs the Hard AP of each face subset that has faces, and the pictures of where it fails.
+    assert "val_ap_hard_occlusion_none" in logged and "val_ap_hard_size_small" in logged
+    assert {(name.split("_epoch_")[0], folder) for name, folder in tracker.artifacts} >= {
+        ("pr", "pr_curves"), ("breakdown", "breakdown"), ("ap_by_subset", "breakdown"), ("failures", "breakdown")}

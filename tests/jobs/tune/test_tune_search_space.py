@@ -19,7 +19,7 @@ def spec_with(space: dict, **tune) -> dict:
 def test_tune_smoke_spec_is_valid() -> None:
     spec = load_spec("tune-smoke")
     check_space(spec)
-    assert spec.tune is not None and spec.tune.num_samples == 4
+    assert spec.tune is not None and spec.tune.num_samples == 2
     assert spec.tune.scheduler.name == "asha" and spec.tune.scheduler.grace_period == 1
 
 
@@ -71,7 +71,7 @@ def test_bad_vocabulary_fails_at_load(domain: dict, message: str) -> None:
 ])
 def test_concurrency_bounded_by_cluster(cpus, workers, cpus_per_worker, trial_cpus, expected) -> None:
     spec = load_spec("tune-smoke", [f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={cpus_per_worker}",
-                                    f"tune.trial_cpus={trial_cpus}"])
+                                    f"tune.trial_cpus={trial_cpus}", "tune.num_samples=4"])
     assert max_concurrent_trials(spec, [{"CPU": cpus}]) == expected
 
 

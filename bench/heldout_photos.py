@@ -10,10 +10,10 @@ also appear small and several to a picture. Their faces were boxed by hand
 they are the check that generated training data teaches something about real faces, and settings
 chosen by looking at these detections would make it worthless.
 
-For each image the model runs as ``isrn detect`` runs it (the same ``Detector``: letterbox to the
-model's export size, boxes mapped back) and, at ``isrn detect``'s score threshold, a face is found
-when a box not yet matched to another face overlaps it at IoU >= 0.5 (boxes taken by score, highest
-first); every other box above the threshold is a false box. Also printed per face: the highest score
+For each image the model runs as ``isrn detect`` runs it (the same inference path, ``jobs.serving``:
+letterbox to the model's ``max_size``, the exported program, boxes mapped back) and, at ``isrn
+detect``'s score threshold, a face is found when a box not yet matched to another face overlaps it at
+IoU >= 0.5 (boxes taken by score, highest first); every other box above the threshold is a false box. Also printed per face: the highest score
 of any box at IoU >= 0.5 whatever the threshold (0 when none), which shows how far from found a
 missed face is. Needs the MLflow server that holds the model (``isrn platform up``).
 """
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from isrn_model.boxes import box_iou
-from jobs.commands.detect import DEFAULT_MODEL, Detector, annotate, detect
+from jobs.commands.detect import DEFAULT_MODEL, annotate, detect, load_registered
 
 ANNOTATIONS = Path(__file__).with_name("heldout_photos.json")
 IOU = 0.5
@@ -123,13 +123,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write each image with its boxes above the threshold here")
     args = parser.parse_args()
 
-    detector = Detector(args.model)
+    detector = load_registered(args.model).faces
     photos = load_photos()
-    print(f"model {args.model} (export size {detector.size}); found: IoU >= {IOU} at score >= {args.score_threshold}")
+    print(f"model {args.model} (max_size {detector.max_size}); found: IoU >= {IOU} at score >= {args.score_threshold}")
     print(f"{'image':14} {'faces':>5} {'found':>5} {'false boxes':>11}  best score per face at IoU >= {IOU}")
     total_faces = total_found = total_false = 0
     for photo in photos:
-        all_boxes = detector(photo.image_rgb, 1e-6)
+        all_boxes = detector.detect([photo.image_rgb], score_threshold=1e-6)[0]
         shown = all_boxes[all_boxes[:, 4] >= args.score_threshold]
         found, false = match(photo.boxes, shown)
         scores = best_score(photo.boxes, all_boxes)

@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 @click.option("--model", "model_uri", metavar="URI",
               help="An MLflow model URI (models:/isrn-face@champion) to run on the val split of --shards.")
 @click.option("--shards", metavar="URL", help="Shard root holding val/manifest.json (s3://bucket/prefix or a path).")
-@click.option("--size", "export_size", type=int, default=None, help="With --model: input side, if the model's "
-                                                                     "metadata lacks it.")
+@click.option("--size", "export_size", type=int, default=None, help="With --model: the longest side a val image is "
+                                                                     "shrunk to (default: the model's own max_size).")
 @click.option("--by", type=click.Choice(["attribute", "size", "all"]), default="all", show_default=True,
               help="The table's rows: face attribute values, face size bands, or both.")
 @click.option("--json", "json_path", metavar="FILE",
@@ -102,17 +102,24 @@ def _evaluate_folder(pred_dir: Path, gt_dir: Path, float_iou: bool):
     return ground_truth, breakdown, f"{pred_dir} ({detections} detections)"
 
 
-def _evaluate_model(model_uri: str, shards: str, export_size: int | None, float_iou: bool):
-    """(ground truth, breakdown, what was evaluated) of a model on the val split of a shard root."""
+def _evaluate_model(model_uri: str, shards: str, max_size: int | None, float_iou: bool):
+    """(ground truth, breakdown, what was evaluated) of a model on the val split of a shard root: each
+    val image goes through the model's own inference path (`jobs.serving`: letterbox to `max_size`,
+    default the model's, the exported program, boxes back in the image's pixels)."""
     import tempfile
 
     from data_shards.manifest import fetch_ground_truth, manifest_url
     from isrn_model.wider_eval import EvalSettings, WiderFaceEvaluator, load_ground_truth
-    from jobs.commands.detect import Detector, predict_split
+    from jobs.commands.detect import load_registered
     from jobs.environment import JobEnvironment
+    from jobs.serving.inputs import DetectionInputError
 
     settings = JobEnvironment.resolve().s3
-    detector = Detector(model_uri, export_size)
+    detector = load_registered(model_uri).faces
+    try:
+        max_size = detector.check_max_size(detector.max_size if max_size is None else max_size)
+    except DetectionInputError as error:
+        raise click.ClickException(f"--size: {error}") from None
     try:
         with tempfile.TemporaryDirectory(prefix="isrn-gt-") as directory:
             fetch_ground_truth(manifest_url(shards, "val"), directory, settings)
@@ -120,6 +127,25 @@ def _evaluate_model(model_uri: str, shards: str, export_size: int | None, float_
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(f"{shards}: {error}") from None
     evaluator = WiderFaceEvaluator(ground_truth, float_iou=float_iou)
-    predict_split(detector, shards, settings, evaluator)
-    breakdown = evaluator.evaluate_breakdown(settings=EvalSettings(test_size=detector.size))
-    return ground_truth, breakdown, f"{model_uri} on {shards} (val, input {detector.size}²)"
+    _predict_split(detector, max_size, shards, settings, evaluator)
+    breakdown = evaluator.evaluate_breakdown(settings=EvalSettings(test_size=max_size))
+    return ground_truth, breakdown, f"{model_uri} on {shards} (val, longest side {max_size})"
+
+
+def _predict_split(detector, max_size: int, shards: str, settings, evaluator) -> None:
+    """Feed the detections (every score the model returns) of each val image at `shards` to `evaluator`."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from data_shards.loader import LoaderConfig, make_val_loader
+    from data_shards.manifest import manifest_url
+
+    # The loader only reads and decodes here: no resize (a bound no image reaches), no padding.
+    config = LoaderConfig(val_batch_size=1, val_max_size=1 << 30, val_size_multiple=1, num_workers=0)
+    loader = make_val_loader(manifest_url(shards, "val"), config, settings=settings)
+    for batch in tqdm(loader, total=len(loader), desc="eval", unit="img", disable=None):
+        if not bool(batch["valid"][0]):
+            continue
+        image_rgb = batch["images"][0].permute(1, 2, 0).numpy().astype(np.uint8)  # decoded uint8, exactly
+        rows = detector.detect([image_rgb], max_size=max_size, score_threshold=0.0)[0]
+        evaluator.process(tuple(batch["keys"][0]), rows[:, :4], rows[:, 4])

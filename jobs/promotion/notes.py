@@ -51,16 +51,19 @@ def model_description(name: str, rule: PromotionRule, champion: Candidate | None
 
 **Detects** faces: ISRN (Improved Selective Refinement Network, arXiv 1901.06651), trained by the ISRN
 platform with Ray Train on WIDER FACE-format data. Each version is one training run's best evaluated
-checkpoint, logged as a PyTorch `pt2` model.
+checkpoint, logged as an MLflow pyfunc that detects faces in photos.
 
-**Input**: float32 tensor `[1, 3, S, S]`, raw RGB values 0..255, S = the version's `export_size`
-(model metadata); other image sizes are letterboxed to S, as `isrn detect` does.
+**Input**: a column `image` of photos, one encoded JPEG, PNG or WebP file per row (bytes, or base64
+text in JSON). Params: `score_threshold`, and `max_size`, the longest side a photo is shrunk to
+(defaults: the threshold and size of the AP below).
 
-**Output**: float32 tensor `[1, K, 5]`, one row per detection: `x1, y1, x2, y2, score` in input
-pixels, K = the spec's `inference.keep_top_k`; unused rows are zeros.
+**Output**: one row per face: `image` (the input row), `x1, y1, x2, y2, score`, in that photo's own
+pixels; by image, then by descending score. The version also holds the detector as ONNX
+(`artifacts/isrn_face.onnx`, float32 `[B, 3, H, W]` in, `[B, K, 5]` out).
 
-**Use**: `isrn detect photo.jpg --model models:/{name}@champion`, or
-`mlflow.pytorch.load_model("models:/{name}@champion")`.
+**Use**: `isrn detect photo.jpg --model models:/{name}@champion`;
+`mlflow models serve -m models:/{name}@champion --env-manager local`; or
+`mlflow.pyfunc.load_model("models:/{name}@champion").predict(pd.DataFrame({{"image": [jpeg_bytes]}}))`.
 
 ## How versions are promoted
 `isrn promote` registers a finished run's logged model as a new version (lineage in the `isrn.*`

@@ -1,9 +1,8 @@
-"""Log a trained detector to MLflow as a PyTorch model (pt2: torch.export) ready for the registry."""
+"""Log a trained detector to MLflow as the face-detector pyfunc (`jobs.serving.pyfunc`), ready for the registry."""
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import numpy as np
 import torch
 
 from isrn_model.builder import build_isrn
-from isrn_model.export import ExportableISRN, save_model
 from jobs import metrics as M
 from jobs import tags
 from jobs.spec import JobSpec
@@ -32,44 +30,44 @@ def detector_from_checkpoint(checkpoint_dir: Path, spec: JobSpec | None = None):
 
 
 def model_requirements() -> list[str]:
-    """What loading and running the logged model needs: torch (the pt2 program), numpy and mlflow
-    (pyfunc), pinned to what logged it. MLflow's inference would add everything this process
-    imported (colorama, boto3, ...), which a user loading the champion then gets warned about."""
+    """What loading and running the logged model needs besides this package: torch (the exported
+    program), numpy, OpenCV (decoding, letterbox) and mlflow (pyfunc), pinned to what logged it.
+    MLflow's inference would add everything this process imported (colorama, boto3, ...), which a
+    user loading the champion then gets warned about."""
+    from importlib.metadata import version
+
     import mlflow
 
-    version = torch.__version__.split("+")[0]  # "2.13.0+cpu": the build is the installer's choice
-    return [f"torch=={version}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"]
+    torch_version = torch.__version__.split("+")[0]  # "2.13.0+cpu": the build is the installer's choice
+    return [f"torch=={torch_version}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}",
+            f"opencv-python-headless=={version('opencv-python-headless')}"]
 
 
 def log_detector(tracking_uri: str, run_id: str, checkpoint_dir: Path, spec: JobSpec, *,
                  checkpoint_uri: str | None = None) -> str:
-    """Log the checkpoint's model into `run_id`; returns the model URI (`models:/m-…`).
+    """Log the checkpoint's model into `run_id` as the face-detector pyfunc; returns the model URI (`models:/m-…`).
 
-    The logged model takes float32 [1, 3, S, S] raw RGB 0..255 (S = tracking.export_size) and
-    returns float32 [1, keep_top_k, 5] rows (x1, y1, x2, y2, score), zero rows unused.
+    The logged model takes a column `image` of encoded photos and returns one row per face in each
+    photo's pixels (`jobs.serving.pyfunc`). Its params default to the spec's evaluation settings:
+    `max_size` = `loader.val_max_size`, `score_threshold` = `inference.score_threshold`, so the
+    served model gives the AP training measured.
     """
     import mlflow
-    from mlflow.models import infer_signature
+
+    from jobs.serving.pyfunc import log_face_detector
 
     model, _ = detector_from_checkpoint(checkpoint_dir, spec)
-    size = spec.tracking.export_size
-    wrapper = ExportableISRN(model, size, size).eval()
-    example = np.zeros((1, 3, size, size), np.float32)
-    with torch.no_grad():
-        output = wrapper(torch.from_numpy(example)).numpy()
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.tracking.MlflowClient(tracking_uri)
     before = client.get_run(run_id).info
     # The fluent API refuses a run of another experiment than the process's active one.
     mlflow.set_experiment(experiment_id=before.experiment_id)
-    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory(prefix="isrn-model-") as directory:
-        eager = Path(directory) / "isrn_model.pt"
-        save_model(model, eager)  # the eager model too: flip / multi-scale test need it
-        info = mlflow.pytorch.log_model(
-            wrapper, name=MODEL_NAME, input_example=example, signature=infer_signature(example, output),
-            serialization_format="pt2", extra_files=[str(eager)], pip_requirements=model_requirements(),
-            metadata={"export_size": size, "output": "x1,y1,x2,y2,score", "spec_fingerprint": spec.fingerprint()},
-            params={"checkpoint": checkpoint_uri or str(checkpoint_dir)},
+    with mlflow.start_run(run_id=run_id):
+        info = log_face_detector(
+            model, name=MODEL_NAME, max_size=spec.loader.val_max_size, score_threshold=spec.inference.score_threshold,
+            pip_requirements=model_requirements(), params={"checkpoint": checkpoint_uri or str(checkpoint_dir)},
+            metadata={"max_size": spec.loader.val_max_size, "output": "image,x1,y1,x2,y2,score",
+                      "spec_fingerprint": spec.fingerprint()},
         )
         mlflow.set_tags({tags.MODEL_URI: info.model_uri, tags.BEST_CHECKPOINT: checkpoint_uri or ""})
     if before.end_time:

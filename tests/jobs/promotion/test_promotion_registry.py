@@ -56,7 +56,7 @@ def test_promotes_best_then_refuses_worse_and_dry_run_changes_nothing(mlflow_env
     assert (tags[T.BEST_EPOCH], tags[T.BEST_STEP]) == ("3", "30")
     assert champion.description.startswith("**Promoted to `champion`**: no champion yet; candidate val_ap_hard=0.3000")
     about = client.get_registered_model(model).description
-    assert "**Detects** faces" in about and "[1, 3, S, S]" in about
+    assert "**Detects** faces" in about and "a column `image` of photos" in about
     assert "## Champion: version 1" in about and "| v1 (epoch 3, step 30) | 0.4000 | 0.3500 | 0.3000 |" in about
 
     better = training_run(client, experiment, 0.50)

@@ -125,7 +125,7 @@ def test_descriptions_explain_the_model_and_the_decision() -> None:
     assert "| this version (epoch 6, step 150) | 0.5000 | 0.4000 | 0.3000 |" in text
     assert "| champion v1 at the time | – | – | 0.2500 |" in text  # only Hard was recorded on v1
     about = model_description("isrn-face", rule, new, decision.reason)
-    assert "[1, 3, S, S]" in about and "x1, y1, x2, y2, score" in about and "`previous`" in about
+    assert "a column `image` of photos" in about and "x1, y1, x2, y2, score" in about and "`previous`" in about
     assert "## Champion: version 2" in about and "| v2 (epoch 6, step 150) | 0.5000 | 0.4000 | 0.3000 |" in about
     assert "None yet" in model_description("isrn-face", rule, None)
 

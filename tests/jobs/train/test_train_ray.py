@@ -22,8 +22,9 @@ def smoke_overrides(smoke_shards):
 
 
 def test_two_worker_ddp_run_is_tracked_checkpointed_and_detects(platform_env, local_s3, smoke_overrides, ray_shutdown):
+    import cv2
     import mlflow
-    import torch
+    import pandas as pd
     from mlflow.tracking import MlflowClient
 
     spec = load_spec("smoke", smoke_overrides)
@@ -69,14 +70,13 @@ def test_two_worker_ddp_run_is_tracked_checkpointed_and_detects(platform_env, lo
     assert {a.path for a in client.list_artifacts(run.info.run_id, "pr_curves")} == {
         "pr_curves/pr_epoch_001.png", "pr_curves/pr_epoch_002.png"}
 
-    # The logged model loads back with MLflow and detects (fixed-size pt2 export).
+    # The logged model loads back with MLflow and detects faces in a photo (the pyfunc of jobs.serving).
     assert outcome.model_uri and outcome.model_uri.startswith("models:/")
-    model = mlflow.pytorch.load_model(outcome.model_uri)
-    size = spec.tracking.export_size
-    image = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (1, 3, size, size)).astype(np.float32))
-    detections = model(image)
-    assert tuple(detections.shape) == (1, spec.inference.keep_top_k, 5)
-    assert torch.isfinite(detections).all()
+    model = mlflow.pyfunc.load_model(outcome.model_uri)
+    photo = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))[1]
+    detections = model.predict(pd.DataFrame({"image": [photo.tobytes()]}), params={"score_threshold": 0.0})
+    assert list(detections.columns) == ["image", "x1", "y1", "x2", "y2", "score"]
+    assert len(detections) <= spec.inference.keep_top_k and np.isfinite(detections.to_numpy()).all()
 
 
 def test_killed_workers_resume_from_the_latest_complete_checkpoint(platform_env, local_s3, smoke_overrides,
@@ -203,11 +203,11 @@ def test_the_logged_model_is_the_best_evaluated_checkpoint_and_reproduces_its_ap
     from jobs.commands.evaluate import evaluate
     from jobs.promotion import promote
 
-    # The same pixels through both evaluations: val images (384 px) padded to 384², the export's size.
+    # The same pixels through both evaluations: one val image per batch, padded to multiples of 128, as
+    # the logged model pads each photo (at its default max_size, the spec's val_max_size).
     spec = load_spec("smoke", [*smoke_overrides, "train.epochs=4", "eval.every_epochs=2", "train.log_every_steps=6",
                                "optim.schedule=step", "optim.milestones=[0.5]", "optim.gamma=1000",
-                               "inference.score_threshold=0.001",
-                               "loader.val_size_multiple=384", "tracking.export_size=384",
+                               "inference.score_threshold=0.001", "loader.val_batch_size=1",
                                "tracking.experiment=isrn-best-checkpoint"])
     outcome = run_training(spec)
     client = MlflowClient(platform_env.config.tracking_uri)

@@ -170,9 +170,13 @@ class TrackingConfig(Section):
     experiment: str
     """MLflow experiment of the job's runs."""
     log_model: bool = True
-    """Log the best evaluated checkpoint as an MLflow PyTorch model (what `isrn promote` registers)."""
+    """Log the best evaluated checkpoint as the face-detector model (an MLflow pyfunc of photos; what
+    `isrn promote` registers)."""
     export_size: int = Field(default=640, ge=128, multiple_of=128)
-    """Side of the square input of the logged (torch.export) model; `isrn detect` letterboxes to it."""
+    """Not read by models logged now: their pyfunc takes photos of any size and letterboxes them to its
+    `max_size` parameter (default `loader.val_max_size`). Kept, with the shipped specs' values, so that
+    specs and runs recorded by earlier versions (whose logged model was a square program of this side)
+    load and resume unchanged."""
     registered_model: str = "isrn-face"
     """Registered model `isrn promote SPEC` promotes into."""
 

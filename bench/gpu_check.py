@@ -266,6 +266,9 @@ class _Recorder:
     def log_text(self, text: str, artifact_file: str) -> None:
         pass
 
+    def flush(self, timeout_s: float) -> bool:
+        return True
+
     def close(self, timeout_s: float = 600.0) -> None:
         pass
 

@@ -264,9 +264,11 @@ def breakdown_of(matching: Matching, ground_truth: WiderGroundTruth, *, settings
         for name in names:
             counted = keep & masks[name]
             faces = int(counted.sum())
-            if faces == 0:
+            if faces == 0 and name != "all":
                 results[setting][name] = SubsetAP(ap=None, faces=0)
                 continue
+            # `all` is the official result, whatever it holds: a setting without faces (a tiny val set)
+            # gets the curve and AP that `evaluate` gives it, so `result` is `evaluate`'s bit for bit.
             curve = matching.pr_curve(counted)
             results[setting][name] = SubsetAP(ap=voc_ap(curve[:, 1], curve[:, 0]), faces=faces, pr_curve=curve)
     return WiderBreakdown(subsets=results, settings=settings or EvalSettings(), float_iou=matching.float_iou)

@@ -30,6 +30,7 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
+    def flush(self, timeout_s: float) -> bool: ...
     def close(self, timeout_s: float = 600.0) -> None: ...
 
 
@@ -44,6 +45,9 @@ class NullTracker:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         pass
+
+    def flush(self, timeout_s: float) -> bool:
+        return True
 
     def close(self, timeout_s: float = 600.0) -> None:
         pass
@@ -88,6 +92,12 @@ class MlflowTracker(NullTracker):
     def log_text(self, text: str, artifact_file: str) -> None:
         self._queue.put(("text", (text, artifact_file)))
 
+    def flush(self, timeout_s: float) -> bool:
+        """Wait, at most `timeout_s`, until everything queued before this call reached MLflow; whether it did."""
+        sent = threading.Event()
+        self._queue.put(("flush", sent))
+        return sent.wait(timeout_s)
+
     def close(self, timeout_s: float = 600.0) -> None:
         """Wait until everything queued reached MLflow; raise if the server stays away for `timeout_s`."""
         self._queue.put(("stop", None))
@@ -103,6 +113,9 @@ class MlflowTracker(NullTracker):
             kind, payload = self._queue.get()
             if kind == "stop":
                 return
+            if kind == "flush":  # everything queued before it is sent
+                payload.set()
+                continue
             while True:
                 try:
                     self._send(kind, payload)

@@ -49,6 +49,9 @@ from jobs.train.tracking import Tracker, describe
 
 log = logging.getLogger(__name__)
 
+TRACKER_FLUSH_S = 10.0
+"""How long a checkpoint report waits for MLflow to receive the metrics logged before it."""
+
 
 class NonFiniteLossError(FloatingPointError):
     """A loss went NaN or infinite; the message carries the step and every loss term."""
@@ -192,15 +195,18 @@ class Trainer:
                 if self.previous_breakdown is not None:  # rank 0: to MLflow, and into this checkpoint
                     breakdown = M.breakdown_metrics(self.previous_breakdown)
             with self.timer.wall("checkpoint"):
+                # Logged before the checkpoint is reported (which flushes them): a run resumed from this
+                # checkpoint starts at the next epoch, so this epoch's metrics must already be in MLflow.
+                # The breakdown is not reported to Ray: Tune's tables would list every subset.
+                self.tracker.log_metrics({**metrics, **breakdown}, step=state.step)
                 self.report(metrics)
-            metrics.update(breakdown)  # not reported to Ray: Tune's tables would list every subset
             # The shares are of the epoch's whole wall time: `other` is what no timer covers
             # (host-to-device copies, metric logging, progress events, the loop itself).
             shares = self.timer.shares(time.perf_counter() - epoch_started)
-            metrics.update({M.time_share(part): share for part, share in shares.items()})
-            self.tracker.log_metrics(metrics, step=state.step)
+            shares = {M.time_share(part): share for part, share in shares.items()}
+            self.tracker.log_metrics(shares, step=state.step)
             if self.is_main:
-                log.info("epoch %d: %s", state.epoch, describe(metrics))
+                log.info("epoch %d: %s", state.epoch, describe({**metrics, **breakdown, **shares}))
         return state
 
     def train_epoch(self) -> dict[str, float]:
@@ -282,7 +288,7 @@ class Trainer:
         val_loader = make_val_loader(self.job.val_manifest, spec.loader, rank=self.session.rank,
                                      world_size=self.session.world_size, settings=self.settings)
         breakdown = self.evaluation.run(self.model, val_loader, epoch=state.epoch, previous=self.previous_breakdown)
-        ap = None if breakdown is None else {setting: float(breakdown.ap(setting)) for setting in M.VAL_AP}
+        ap = None if breakdown is None else {setting: _reported_ap(breakdown, setting) for setting in M.VAL_AP}
         ap = broadcast_from_rank_0(ap, self.device)  # every rank reports the same numbers
         state.last_ap, state.last_ap_epoch = ap, state.epoch
         state.best_ap_hard = max(state.best_ap_hard, ap["hard"])
@@ -312,6 +318,12 @@ class Trainer:
         if not self.is_main:
             self.session.report(metrics, None)
             return
+        # What was logged up to this checkpoint reaches MLflow before a run can resume from it; a rank 0
+        # lost afterwards loses only what follows, which the resumed run logs again. Bounded, so that
+        # training goes on while MLflow is away (the metrics wait in the queue meanwhile).
+        if not self.tracker.flush(timeout_s=TRACKER_FLUSH_S):
+            log.warning("MLflow has not received the metrics logged before the checkpoint at step %d within %.0f s;"
+                        " training goes on, they are sent when it answers", state.step, TRACKER_FLUSH_S)
         # The session owns the directory from here (Ray deletes it after its background upload).
         directory = Path(tempfile.mkdtemp(prefix="isrn-ckpt-"))
         save_checkpoint(directory, unwrap(self.model), self.optimizer, state, self.spec.to_dict(),
@@ -353,3 +365,17 @@ def prepare_for_device(model: torch.nn.Module, spec: JobSpec, device: torch.devi
         for part in (model.backbone, model.neck, *model.heads):
             part.compile()
     return model
+
+
+def _reported_ap(breakdown: Any, setting: str) -> float:
+    """The setting's official AP, or 0.0 when the val set holds none of its faces.
+
+    The official protocol's AP of a setting without faces is 0/0 (NaN); Ray keeps its checkpoint
+    bookkeeping as strict JSON and MLflow cannot rank NaN, so a report says 0.0 and the log says why
+    (a small or filtered val set, e.g. generated images with no face large enough for Easy).
+    """
+    if breakdown.faces(setting) == 0:
+        log.warning("the val set has no %s faces: %s is reported as 0", setting, M.VAL_AP[setting])
+        return 0.0
+    return float(breakdown.ap(setting))
+

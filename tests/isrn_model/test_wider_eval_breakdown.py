@@ -75,6 +75,19 @@ def test_subset_all_is_the_official_result_bit_for_bit():
         np.testing.assert_array_equal(breakdown.pr_curve(setting), official.pr_curves[setting])
 
 
+def test_a_setting_without_faces_still_gives_the_official_result():
+    # A tiny val set can leave a setting empty (here easy keeps no face): `result` must still be what
+    # `evaluate` returns for it, as training logs val_ap_<setting> from it; subsets of it stay None.
+    truth = ground_truth_from_arrays([KEY[0]], [KEY[1]], [np.array([A, B, C])], {"easy": [[]], "hard": [[0, 1, 2]]},
+                                     {name: [np.zeros(3, np.uint8)] for name in ATTRIBUTES})
+    breakdown, official = evaluate_breakdown(PREDICTIONS, truth), evaluate(PREDICTIONS, truth)
+    assert breakdown.result.num_faces == official.num_faces and breakdown.faces("easy") == 0
+    np.testing.assert_array_equal(breakdown.pr_curve("easy"), official.pr_curves["easy"])
+    assert breakdown.result.ap["easy"] == official.ap["easy"] or (np.isnan(breakdown.result.ap["easy"])
+                                                                 and np.isnan(official.ap["easy"]))
+    assert breakdown.ap("easy", "occlusion=none") is None
+
+
 def test_a_subset_without_a_face_is_none_not_zero():
     breakdown = evaluate_breakdown(PREDICTIONS, _ground_truth())
     assert breakdown.ap("hard", "occlusion=partial") is None and breakdown.faces("hard", "occlusion=partial") == 0

@@ -30,6 +30,9 @@ class RecordingTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.texts[artifact_file] = text
 
+    def flush(self, timeout_s: float) -> bool:
+        return True
+
     def close(self, timeout_s: float = 600.0) -> None:
         pass
 

@@ -238,42 +238,35 @@ def loop(device: torch.device, steps_per_epoch: int, epochs: int) -> str:
             build_split(Path(tmp) / "wider", split, f"{tmp}/shards", shard_size_mb=2, progress=False)
         job = WorkerJob(train_manifest=manifest_url(f"{tmp}/shards", "train"),
                         val_manifest=manifest_url(f"{tmp}/shards", "val"), tracking_uri="", run_id=None)
-        recorder = _Recorder()
+        recorder = _recorder()
         started = time.perf_counter()
         state = run_worker(spec, job, LocalSession(Path(tmp) / "ckpt", device=device), tracker=recorder)
         wall = time.perf_counter() - started
     last = recorder.last_with("epoch_train_s")
     rate = statistics.median(m["images_per_s"] for m in recorder.metrics if "images_per_s" in m)
-    shares = {k.removeprefix("time_share_"): v for k, v in last.items() if k.startswith("time_share_")}
+    shares = {k.removeprefix("time_share_"): v for k, v in recorder.last_with("time_share_other").items()
+              if k.startswith("time_share_")}
     assert state.step == steps_per_epoch * epochs and math.isfinite(last.get("val_ap_hard", math.nan)), last
     return (f"demo model, {state.step} steps of {spec.loader.batch_size} at {spec.loader.augment.out_size}² on "
             f"{device}, {workers} loader workers: {wall:.0f} s, median {rate:.1f} images/s, last epoch "
             + ", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items())) + f"; AP hard {last['val_ap_hard']:.3f}")
 
 
-class _Recorder:
+def _recorder():
     """Rank 0's metrics, kept instead of sent to MLflow (there is none on a GPU check machine)."""
+    from jobs.train.tracking import NullTracker
 
-    def __init__(self) -> None:
-        self.metrics: list[dict[str, float]] = []
+    class Recorder(NullTracker):
+        def __init__(self) -> None:
+            self.metrics: list[dict[str, float]] = []
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.metrics.append(dict(metrics))
+        def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+            self.metrics.append(dict(metrics))
 
-    def log_artifact(self, path: Any, artifact_path: str | None = None) -> None:
-        pass
+        def last_with(self, key: str) -> dict[str, float]:
+            return next(m for m in reversed(self.metrics) if key in m)
 
-    def log_text(self, text: str, artifact_file: str) -> None:
-        pass
-
-    def flush(self, timeout_s: float) -> bool:
-        return True
-
-    def close(self, timeout_s: float = 600.0) -> None:
-        pass
-
-    def last_with(self, key: str) -> dict[str, float]:
-        return next(m for m in reversed(self.metrics) if key in m)
+    return Recorder()
 
 
 def main() -> None:

@@ -144,7 +144,9 @@ def run_torchrun(spec: JobSpec, work: Path, name: str) -> RunResult:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     recorded = json.loads(result.read_text())
     steps, startup = parse_events(recorded["events"], images_per_step(spec), launched)
-    last_epoch = [m for m in recorded["metrics"] if "epoch_train_s" in m][-1]
+    # The epoch's metrics and its time shares are logged in two calls at the same step: merge them.
+    last_step = [m for m in recorded["metrics"] if "epoch_train_s" in m][-1]["step"]
+    last_epoch = {k: v for m in recorded["metrics"] if m["step"] == last_step for k, v in m.items()}
     return RunResult("torchrun", wall, startup, steps, last_epoch)
 
 

@@ -11,8 +11,9 @@ demo` never sees it; its data set and shards are named after its generator (`dat
 `s3://isrn-shards/demo-<faces>`), so rows with the same generator share them. Rows run one after the
 other under `nice`; each row's result (final AP Easy / Medium / Hard, the logged model's URI, the
 wall time) is added to `--results` as soon as it finishes, so a table can be built over several
-sessions. AP differs from run to run by the nondeterminism of two CPU workers' data order; rows
-closer than a few points are not told apart by one run each.
+sessions. A row run again on the same commit and data gives the same AP (`make demo` did, on two
+commits whose loop is the same), but one run per row says nothing of how far a small change to the
+code or the data moves it: rows closer than a few points are not told apart.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ from data_shards.shard_writer import build_split
 from data_shards.synth import SynthConfig, generate_dataset
 from jobs.spec import load_spec
 from jobs.train import worker
+from jobs.train.tracking import NullTracker
 
 
-class RecordingTracker:
+class RecordingTracker(NullTracker):
     """What rank 0 would log to MLflow, kept in memory."""
 
     def __init__(self) -> None:
@@ -29,12 +30,6 @@ class RecordingTracker:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.texts[artifact_file] = text
-
-    def flush(self, timeout_s: float) -> bool:
-        return True
-
-    def close(self, timeout_s: float = 600.0) -> None:
-        pass
 
     def history(self, key: str) -> list[tuple[int, float]]:
         return [(step, m[key]) for step, m in self.metrics if key in m]

@@ -121,17 +121,24 @@ class ValEvaluation:
         return breakdown
 
 
-def _held_images(batch: dict[str, Any], limit: int) -> dict[tuple[str, str], tuple[np.ndarray, float]]:
-    """(event, name) -> (BGR uint8 image at val resolution, its pixels per original pixel), valid images only."""
-    held = {}
+def _val_images(batch: dict[str, Any], limit: int):
+    """(index, key, BGR uint8 image at val resolution, its pixels per original pixel) of the batch's
+    valid images, at most `limit`."""
+    taken = 0
     for index, (key, scale, valid) in enumerate(zip(batch["keys"], batch["scales"], batch["valid"])):
-        if not bool(valid) or len(held) >= limit:
+        if not bool(valid) or taken >= limit:
             continue
         height, width = (int(v) for v in batch["image_sizes"][index])
         s = float(scale)
         image = batch["images"][index].permute(1, 2, 0).numpy()[: max(1, round(height * s)), : max(1, round(width * s))]
-        held[tuple(key)] = (cv2.cvtColor(np.ascontiguousarray(image.clip(0, 255).astype(np.uint8)), cv2.COLOR_RGB2BGR), s)
-    return held
+        taken += 1
+        yield index, tuple(key), cv2.cvtColor(np.ascontiguousarray(image.clip(0, 255).astype(np.uint8)),
+                                              cv2.COLOR_RGB2BGR), s
+
+
+def _held_images(batch: dict[str, Any], limit: int) -> dict[tuple[str, str], tuple[np.ndarray, float]]:
+    """(event, name) -> (BGR uint8 image at val resolution, its pixels per original pixel), valid images only."""
+    return {key: (image, s) for _, key, image, s in _val_images(batch, limit)}
 
 
 def _log_artifacts(tracker: Tracker, breakdown: WiderBreakdown, previous: WiderBreakdown | None,
@@ -172,17 +179,10 @@ def _log_artifacts(tracker: Tracker, breakdown: WiderBreakdown, previous: WiderB
 def _draw(batch: dict[str, Any], detections: dict, limit: int) -> list[np.ndarray]:
     """Val images of the batch (original size) with true boxes in green, detections ≥ 0.5 in red."""
     drawn = []
-    for index, (key, scale, valid) in enumerate(zip(batch["keys"], batch["scales"], batch["valid"])):
-        if not bool(valid) or len(drawn) >= limit:
-            continue
-        height, width = (int(v) for v in batch["image_sizes"][index])
-        s = float(scale)
-        image = batch["images"][index].permute(1, 2, 0).numpy()
-        image = image[: max(1, round(height * s)), : max(1, round(width * s))]
-        image = cv2.cvtColor(np.ascontiguousarray(image.clip(0, 255).astype(np.uint8)), cv2.COLOR_RGB2BGR)
+    for index, key, image, s in _val_images(batch, limit):
         for x1, y1, x2, y2 in batch["targets"][index]["boxes"].numpy() * s:
             cv2.rectangle(image, (int(x1), int(y1)), (int(x2), int(y2)), (0, 200, 0), 1)
-        boxes, scores = detections.get(tuple(key), (np.zeros((0, 4)), np.zeros(0)))
+        boxes, scores = detections.get(key, (np.zeros((0, 4)), np.zeros(0)))
         for (x1, y1, x2, y2), score in zip(boxes * s, scores):
             if score >= GRID_SCORE_THRESHOLD:
                 cv2.rectangle(image, (int(x1), int(y1)), (int(x2), int(y2)), (0, 0, 255), 1)

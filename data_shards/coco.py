@@ -36,10 +36,9 @@ Keys: an image's record is `<event>/<name>.jpg`, the key `<event>/<name>`: `name
 stem with dots made `_` (a dot would end a WebDataset key), `event` the folder holding it in
 `file_name` if it has one (the generated set's `0--Parade/…`), else `coco`.
 
-Easy, Medium and Hard (COCO has no official definition; [ours], the size rule of the generated WIDER
-set without its blur and occlusion attributes, which COCO lacks): every valid box counts in Hard; boxes
-at least `MEDIUM_MIN_HEIGHT` (20) px tall in Medium, at least `EASY_MIN_HEIGHT` (40) px in Easy; the same
-pixel heights for both box kinds.
+Easy, Medium and Hard (COCO has no official definition; [ours]): the height rule of the WIDER sets,
+`wider_layout.face_settings` (Hard at least 10 px tall, Medium 30, Easy 50), the same pixel heights for
+both box kinds.
 """
 
 from __future__ import annotations
@@ -54,17 +53,13 @@ from typing import Any
 
 import numpy as np
 
-from data_shards.wider_layout import Face, ImageRecord
+from data_shards.wider_layout import Face, ImageRecord, face_settings
+from isrn_model.wider_eval import SETTINGS
 
 BOX_KINDS = ("face", "person")
 PERSON_CATEGORY = "person"
 DEFAULT_EVENT = "coco"
 """The event of an image whose `file_name` has no folder (COCO 2017's own: `000000000785.jpg`)."""
-MEDIUM_MIN_HEIGHT = 20
-"""px: the generated WIDER set's Medium rule (WIDER's own Medium drops most faces under ~20 px)."""
-EASY_MIN_HEIGHT = 40
-"""px: the generated WIDER set's Easy rule."""
-SETTINGS = ("easy", "medium", "hard")
 
 _FIX = "fix or remove the annotation in the annotation file"
 
@@ -98,18 +93,6 @@ class CocoSplit:
     images: tuple[CocoImage, ...]
     counts: dict[str, int] = field(default_factory=dict)
     """images (in `images`), kept (with a box), boxes, invalid, crowd, clipped, no_face_box, other_categories."""
-
-
-def face_settings(face: Face) -> frozenset[str]:
-    """The settings in which a COCO box counts (the rule in the module docstring)."""
-    if face.invalid or face.is_degenerate:
-        return frozenset()
-    out = {"hard"}
-    if face.h >= MEDIUM_MIN_HEIGHT:
-        out.add("medium")
-    if face.h >= EASY_MIN_HEIGHT:
-        out.add("easy")
-    return frozenset(out)
 
 
 def read_coco(path: str | Path, *, boxes: str = "face") -> CocoSplit:

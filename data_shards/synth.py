@@ -31,11 +31,11 @@ What is done to a face sets its flags, and nothing else does:
 Images with 0 faces (annotated with the all-zero line) occur at `empty_prob`; train also gets rare
 degenerate annotations (w = 0, invalid 1, nothing drawn) at `degenerate_prob`, as real WIDER has.
 
-Settings (real WIDER defines them by the detection rate of EdgeBox; we emulate it with a stated
-rule, `face_settings`), nested by construction, invalid and degenerate faces never count:
-    hard    every valid face
-    medium  hard, h >= 20 px, blur <= 1, occlusion <= 1
-    easy    h >= 40 px, blur 0, occlusion 0, illumination 0, pose 0
+Settings: the height rule of `wider_layout.face_settings`, which reproduces the official val lists
+(real WIDER defines them by the detection rate of EdgeBox); invalid and degenerate faces never count:
+    hard    h >= 10 px
+    medium  h >= 30 px
+    easy    h >= 50 px
 Everything is a function of (seed, split, image index): deterministic, order-independent.
 """
 
@@ -52,7 +52,7 @@ import numpy as np
 
 from data_shards.config import SynthConfig
 from data_shards.synth_person import Person, Template, render_person
-from data_shards.wider_layout import Face, ImageRecord, format_bbx_gt
+from data_shards.wider_layout import Face, ImageRecord, face_settings, format_bbx_gt
 from isrn_model.wider_eval import ATTRIBUTES, SETTINGS, WiderGroundTruth, ground_truth_from_arrays, ground_truth_mat_files
 
 log = logging.getLogger(__name__)
@@ -84,18 +84,6 @@ _SKIN_TONES_RGB = np.array(
     [(255, 224, 196), (241, 194, 160), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 58, 38)],
     dtype=np.float32,
 )
-
-
-def face_settings(face: Face) -> frozenset[str]:
-    """The evaluation settings in which `face` counts (the rule in the module docstring)."""
-    if face.invalid or face.is_degenerate:
-        return frozenset()
-    out = {"hard"}
-    if face.h >= 20 and face.blur <= 1 and face.occlusion <= 1:
-        out.add("medium")
-    if face.h >= 40 and face.blur == 0 and face.occlusion == 0 and face.illumination == 0 and face.pose == 0:
-        out.add("easy")
-    return frozenset(out)
 
 
 @lru_cache(maxsize=1)

@@ -89,22 +89,24 @@ def test_face_boxes_need_wholebody_annotations(tmp_path):
 
 
 def test_settings_by_height_and_never_for_invalid_or_degenerate():
-    assert face_settings(Face(0, 0, 10, 19)) == {"hard"}
-    assert face_settings(Face(0, 0, 10, 20)) == {"hard", "medium"}
-    assert face_settings(Face(0, 0, 10, 40)) == {"hard", "medium", "easy"}
-    assert face_settings(Face(0, 0, 10, 40, invalid=1)) == frozenset()
-    assert face_settings(Face(0, 0, 0, 40)) == frozenset()
+    assert face_settings(Face(0, 0, 10, 9)) == frozenset()
+    assert face_settings(Face(0, 0, 10, 10)) == {"hard"}
+    assert face_settings(Face(0, 0, 10, 30)) == {"hard", "medium"}
+    assert face_settings(Face(0, 0, 10, 50)) == {"hard", "medium", "easy"}
+    assert face_settings(Face(0, 0, 10, 50, invalid=1)) == frozenset()
+    assert face_settings(Face(0, 0, 0, 50)) == frozenset()
 
 
 def test_a_detection_on_a_crowd_box_is_neither_true_nor_false_positive(tmp_path):
-    path = coco_file(tmp_path, [person(1, [2, 2, 20, 40]), person(2, [30, 4, 30, 40], iscrowd=1)])
+    image = {"id": 7, "file_name": "000000000007.jpg", "width": 64, "height": 64}
+    path = coco_file(tmp_path, [person(1, [2, 2, 20, 50]), person(2, [30, 4, 30, 50], iscrowd=1)], images=[image])
     truth = ground_truth_from_arrays(**ground_truth_arrays(read_coco(path, boxes="person").images))
     assert [list(truth.images[0].keep[s]) for s in ("easy", "medium", "hard")] == [[0], [0], [0]]
     key = ("coco", "000000000007")
     # The crowd box scores first: a false positive there would halve the precision at the top threshold.
-    both = {key: np.array([[30, 4, 30, 40, 0.9], [2, 2, 20, 40, 0.8]])}
+    both = {key: np.array([[30, 4, 30, 50, 0.9], [2, 2, 20, 50, 0.8]])}
     assert evaluate(both, truth).ap == {"easy": 1.0, "medium": 1.0, "hard": 1.0}
-    stray = {key: np.array([[40, 40, 10, 8, 0.9], [2, 2, 20, 40, 0.8]])}  # overlaps nothing: a false positive
+    stray = {key: np.array([[40, 56, 10, 8, 0.9], [2, 2, 20, 50, 0.8]])}  # overlaps nothing: a false positive
     assert evaluate(stray, truth).ap["hard"] < 1.0
 
 

@@ -31,13 +31,32 @@ def test_deterministic_by_seed(tmp_path):
         assert path.read_bytes() == (tmp_path / "y" / path.relative_to(tmp_path / "x")).read_bytes(), path
 
 
-def test_settings_rule_is_nested_and_excludes_invalid():
-    assert face_settings(Face(0, 0, 50, 60)) == {"easy", "medium", "hard"}
-    assert face_settings(Face(0, 0, 20, 30, blur=1)) == {"medium", "hard"}  # blurred: not easy
-    assert face_settings(Face(0, 0, 10, 12)) == {"hard"}  # h 12 < 20: hard only
-    assert face_settings(Face(0, 0, 50, 60, occlusion=2)) == {"hard"}
+def test_settings_rule_is_nested_by_height_and_excludes_invalid():
+    assert face_settings(Face(0, 0, 42, 50)) == {"easy", "medium", "hard"}
+    assert face_settings(Face(0, 0, 40, 49)) == {"medium", "hard"}
+    assert face_settings(Face(0, 0, 25, 30, blur=2, occlusion=2)) == {"medium", "hard"}  # the labels do not decide
+    assert face_settings(Face(0, 0, 24, 29)) == {"hard"}
+    assert face_settings(Face(0, 0, 8, 10)) == {"hard"}
+    assert face_settings(Face(0, 0, 8, 9)) == frozenset()  # under 10 px: in no setting, as in the official lists
     assert face_settings(Face(0, 0, 50, 60, invalid=1)) == frozenset()
     assert face_settings(Face(0, 0, 0, 60)) == frozenset()
+
+
+def test_settings_rule_reproduces_the_official_val_lists(shared_dir):
+    """The height rule, applied to the real WIDER FACE val faces, selects the faces of the official
+    Easy / Medium / Hard lists (F1 of the rule's faces against the list's)."""
+    gt = load_ground_truth(shared_dir / "widerface" / "ground_truth")
+    f1 = {}
+    for setting in SETTINGS:
+        chosen = listed = both = 0
+        for image in gt:
+            rule = np.array([setting in face_settings(Face(0, 0, int(w), int(h), invalid=int(bad)))
+                             for (_, _, w, h), bad in zip(image.boxes, image.attributes["invalid"])], dtype=bool)
+            official = np.zeros(len(image.boxes), dtype=bool)
+            official[image.keep[setting]] = True
+            chosen, listed, both = chosen + rule.sum(), listed + official.sum(), both + (rule & official).sum()
+        f1[setting] = 2 * both / (chosen + listed)
+    assert min(f1.values()) > 0.98, f1
 
 
 def _mat(path):
@@ -113,5 +132,6 @@ def test_every_attribute_code_round_trips(tmp_path):
     assert [image.key for image in gt] == [(r.event, r.name) for r in records]
     loaded = {name: np.concatenate([image.attributes[name] for image in gt]).tolist() for name in ATTRIBUTES}
     assert loaded == {name: [getattr(f, name) for f in faces] for name in ATTRIBUTES}
-    # face_settings decides the keep lists: blur 2 and occlusion 2 leave Medium, any label but expression leaves Easy
-    assert [int(k) + 1 for k in gt.images[0].keep["medium"]] == [1, 2, 4, 5, 6, 7]  # face 3 is blur=heavy
+    # face_settings decides the keep lists: by height alone, so every valid 36-px face is in Medium, none in Easy
+    assert [int(k) + 1 for k in gt.images[0].keep["medium"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert list(gt.images[0].keep["easy"]) == []

@@ -52,6 +52,13 @@ ROWS: dict[str, tuple[str, dict[str, object]]] = {
                         "checkpoint.every_steps": 100}),
     "neither-384": ("person faces; no DAS, no zoom-out, 384² crops",
                     {**NEITHER, "loader.augment.out_size": 384}),
+    # The demo spec as it is (6 epochs, no DAS, no zoom-out) at three learning rates, and with the
+    # crop always the full short side (more large faces whole, fewer zoomed in).
+    "lr-0.002": ("the demo spec, lr 0.002 (its lr before)", {"optim.lr": 0.002}),
+    "lr-0.004": ("the demo spec, lr 0.004 (its lr)", {"optim.lr": 0.004}),
+    "lr-0.008": ("the demo spec, lr 0.008", {"optim.lr": 0.008}),
+    "lr-0.004-full": ("the demo spec, lr 0.004, crop always the full short side",
+                      {"optim.lr": 0.004, "loader.augment.crop_full_side_prob": 1.0}),
 }
 
 

@@ -34,7 +34,8 @@ TRAIN_MARKS = (
     ("  generate the data set", re.compile(r"generating a WIDER-format data set")),
     ("  build the shards", re.compile(r"building train shards")),
     ("  train (Ray Train start, epochs, evaluation)", re.compile(r"MLflow run \S+: http")),
-    ("  log the model, finish", re.compile(r"logged model models:/")),
+    ("  export and log the model", re.compile(r"epoch (\d+)/\1 val AP")),  # the last epoch's evaluation
+    ("  finish", re.compile(r"logged model models:/")),
 )
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from jobs.errors import ConfigError
 from jobs.overrides import parse_override
+from jobs.serving.inference import SIDE_MULTIPLE
 from jobs.spec import SPECS_DIR, JobSpec, load_spec
 
 
@@ -17,6 +18,15 @@ from jobs.spec import SPECS_DIR, JobSpec, load_spec
 def test_every_shipped_spec_loads(path):
     spec = load_spec(path)
     assert isinstance(spec, JobSpec) and spec.name
+
+
+@pytest.mark.parametrize("path", sorted(SPECS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_spec_evaluates_as_served(path):
+    """One val image per batch: padded to a shared canvas, a GroupNorm detector's AP would depend on
+    which images share a batch (data_shards.config.LoaderConfig.val_batch_size)."""
+    spec = load_spec(path)
+    assert spec.loader.val_batch_size == 1
+    assert spec.loader.val_size_multiple == SIDE_MULTIPLE  # the served model's canvas
 
 
 def test_overrides_are_typed_and_applied():

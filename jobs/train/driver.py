@@ -107,9 +107,8 @@ def plan_run(spec: JobSpec, tracking_uri: str, *, resume: str | None = None, run
 def run_training(spec: JobSpec, *, resume: str | None = None, run_name: str | None = None,
                  allow_change: bool = False, env: JobEnvironment | None = None) -> TrainingOutcome:
     """Run a spec on the Ray cluster: a new run, or the run `resume` / `run_name` names (see `plan_run`)."""
-    from ray.util.queue import Queue
-
     from jobs.lineage import submission_id
+    from jobs.train.driver_queue import driver_queue
 
     env = env or JobEnvironment.resolve()
     check_tracking_server(env.tracking_uri)  # before anything else: fail in seconds, naming the URL
@@ -132,7 +131,7 @@ def run_training(spec: JobSpec, *, resume: str | None = None, run_name: str | No
         log.warning("training %s: MLflow run %s", plan.run_name, run_url(env.tracking_uri, run_id))
         # A lost lease (another job took the run over) interrupts the fit: this job stops writing.
         with lease.kept_alive(on_lost=_thread.interrupt_main):
-            queue = Queue(actor_options={"num_cpus": 0})
+            queue = driver_queue()
             with ProgressDisplay(queue):
                 result = execute(job, plan.run_name, run_id, progress=queue,
                                  lease=LeaseRef(lease.path, lease.holder))

@@ -25,9 +25,9 @@ from jobs.train.outages import outage_cause
 
 class WorkerFailureCounter(UserCallback):
     def __init__(self) -> None:
-        from ray.util.queue import Queue
+        from jobs.train.driver_queue import driver_queue
 
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.queue = driver_queue()
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         causes = [outage_cause(error) for error in worker_exceptions.values()]

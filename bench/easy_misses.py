@@ -40,6 +40,7 @@ from isrn_model.export import load_model
 from isrn_model.tta import with_tta
 from isrn_model.wider_eval import evaluate
 from jobs.commands.detect import DEFAULT_MODEL
+from jobs.serving.pyfunc import EAGER_FILE
 
 HEIGHT_BINS = ((50, 60), (60, 100), (100, 150), (150, 10_000))
 CATEGORIES = ("found-easy", "found", "nested", "loose", "background")
@@ -51,14 +52,14 @@ def eager_weights(model: str) -> Path:
         return Path(model)
     import mlflow
 
-    return Path(mlflow.artifacts.download_artifacts(f"{model.rstrip('/')}/artifacts/isrn_model.pt"))
+    return Path(mlflow.artifacts.download_artifacts(f"{model.rstrip('/')}/artifacts/{EAGER_FILE}"))
 
 
-def categorise(boxes: np.ndarray, faces: np.ndarray, easy: np.ndarray) -> list[str]:
-    """The category of each box (xyxy) against the image's faces (xyxy) and which of them are Easy."""
+def categorise(boxes: np.ndarray, faces: np.ndarray, easy: np.ndarray, iou: np.ndarray) -> list[str]:
+    """The category of each box (xyxy) against the image's faces (xyxy), which of them are Easy and
+    the IoU of every box with every face ([boxes, faces])."""
     if not len(faces):
         return ["background"] * len(boxes)
-    iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(faces)).numpy()
     ix1, iy1 = np.maximum(boxes[:, None, 0], faces[None, :, 0]), np.maximum(boxes[:, None, 1], faces[None, :, 1])
     ix2, iy2 = np.minimum(boxes[:, None, 2], faces[None, :, 2]), np.minimum(boxes[:, None, 3], faces[None, :, 3])
     inside = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
@@ -104,15 +105,13 @@ def main() -> None:
         predictions[(event, name)] = np.c_[boxes[:, :2], boxes[:, 2:] - boxes[:, :2], scores]
         faces = np.array([[f.x, f.y, f.x + f.w, f.y + f.h] for f in record.faces], dtype=np.float64).reshape(-1, 4)
         easy = np.array(["easy" in face_settings(f) for f in record.faces], dtype=bool)
+        iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(faces)).numpy()  # [boxes, faces]
         shown = scores >= args.score
-        for category, score in zip(categorise(boxes[shown], faces, easy), scores[shown]):
+        for category, score in zip(categorise(boxes[shown], faces, easy, iou[shown]), scores[shown]):
             scores_by_category[category].append(score)
-        if easy.any():
-            iou = (box_iou(torch.from_numpy(boxes), torch.from_numpy(faces[easy])).numpy()
-                   if len(boxes) else np.zeros((0, int(easy.sum()))))
-            for k, height in enumerate(faces[easy, 3] - faces[easy, 1]):
-                hits = scores[iou[:, k] >= 0.5] if len(boxes) else np.zeros(0)
-                easy_rows.append((height, hits.max() if len(hits) else 0.0, iou[:, k].max() if len(boxes) else 0.0))
+        for k in np.flatnonzero(easy):
+            hits = scores[iou[:, k] >= 0.5]
+            easy_rows.append((faces[k, 3] - faces[k, 1], hits.max(initial=0.0), iou[:, k].max(initial=0.0)))
 
     result = evaluate(predictions, val_ground_truth(records))
     test = f"multi-scale test, budget {args.multi_scale}²" if args.multi_scale else "single-scale test"

@@ -120,8 +120,9 @@ class TrainConfig(Section):
     torch_threads: int | None = Field(default=None, gt=0)
     """torch.set_num_threads per worker (None: PyTorch's default)."""
     channels_last: bool = True
-    """GPU only: weights and input images in channels-last (NHWC) memory layout, which Tensor Cores
-    convolve without transposing; ignored on CPU."""
+    """Weights in channels-last (NHWC) memory layout, and on a GPU the input images too: Tensor Cores
+    convolve it without transposing, oneDNN's CPU convolutions without a reorder per call (the demo's
+    model on 2 CPU threads, a 16-image training step: 50 ms an image against 65 ms)."""
     cudnn_benchmark: bool = True
     """GPU only: cuDNN times its convolution algorithms on the first batches of each input shape and
     keeps the fastest; the training crops have one size (loader.augment.out_size), so this is paid once."""

@@ -55,13 +55,16 @@ def test_a_tensor_made_without_its_device_is_caught():
         checksum_the_old_way(torch.nn.Linear(2, 2))
 
 
-def test_gpu_options_leave_a_cpu_model_alone():
+def test_gpu_only_options_leave_a_cpu_model_alone_and_channels_last_applies_everywhere():
     from isrn_model.builder import build_isrn
 
     spec = load_spec("smoke", ["train.channels_last=true", "train.compile=true", "train.cudnn_benchmark=true"])
     model = prepare_for_device(build_isrn(spec.model), spec, torch.device("cpu"), distributed=False)
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    assert conv.weight.is_contiguous()  # not channels-last
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = prepare_for_device(build_isrn(spec.model), load_spec("smoke", ["train.channels_last=false"]),
+                               torch.device("cpu"), distributed=False)
+    assert next(m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)).weight.is_contiguous()
     assert not any(type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None)
                    for m in model.modules())
 

@@ -353,18 +353,16 @@ def prepare_for_device(model: torch.nn.Module, spec: JobSpec, device: torch.devi
       so the state dict keeps its names. Anchor matching, the losses and post-processing stay eager:
       their shapes depend on the number of faces and detections of each batch.
     """
-    train = spec.train
-    if device.type != "cuda":
-        model = model.to(device)
-        return model.to(memory_format=torch.channels_last) if train.channels_last else model
-    torch.cuda.set_device(device)  # the device NCCL's object collectives use (`torch.cuda.current_device`)
-    torch.backends.cudnn.benchmark = train.cudnn_benchmark
-    if spec.model.norm == "bn" and distributed:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    train, gpu = spec.train, device.type == "cuda"
+    if gpu:
+        torch.cuda.set_device(device)  # the device NCCL's object collectives use (`torch.cuda.current_device`)
+        torch.backends.cudnn.benchmark = train.cudnn_benchmark
+        if spec.model.norm == "bn" and distributed:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if train.compile:
+    if gpu and train.compile:
         for part in (model.backbone, model.neck, *model.heads):
             part.compile()
     return model

@@ -344,9 +344,7 @@ def prepare_for_device(model: torch.nn.Module, spec: JobSpec, device: torch.devi
                        distributed: bool) -> torch.nn.Module:
     """The model on `device` with the spec's device options (the GPU-only ones ignored on the CPU).
 
-    - channels-last weights (`train.channels_last`), on any device: Tensor Cores convolve them
-      without transposes, and oneDNN's CPU convolutions skip a layout reorder per call (the demo's
-      model, one training step a 16-image batch on 2 threads: 50 ms an image against 65 ms);
+    - channels-last weights (`train.channels_last`), on any device (the field says what it gains);
     - SyncBatchNorm for `model.norm: bn` with several GPU workers (it runs on GPU modules only);
     - cuDNN's autotuner (`train.cudnn_benchmark`): the training crops have one fixed size;
     - `torch.compile` of the dense part (`train.compile`): backbone, neck and heads, compiled in place

@@ -32,7 +32,8 @@ def build_isrn(
                       zero_init_residual=cfg.zero_init_residual)
     if cfg.pretrained_path is not None:
         backbone.load_external(cfg.pretrained_path)
-    neck = SRNNeck(backbone.out_channels, cfg.fpn_channels, neck_norm)
+    neck = SRNNeck(backbone.out_channels, cfg.fpn_channels, neck_norm,
+                   first_levels=set(cfg.stc_levels) | set(cfg.str_levels))
     n_heads = 1 if cfg.share_heads else 2
     heads = [SRNHead(cfg.fpn_channels, cfg.head_channels, NUM_ANCHORS, neck_norm) for _ in range(n_heads)]
     return ISRN(backbone, neck, heads, model_config=cfg, loss_config=loss or LossConfig(),

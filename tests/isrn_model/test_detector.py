@@ -89,6 +89,20 @@ def test_first_step_predicts_only_where_used(tiny):
     assert out.counts == [2 * 32 * 32, 2 * 16 * 16, 2 * 8 * 8, 2 * 4 * 4, 2 * 2 * 2, 2 * 1 * 1]
 
 
+@pytest.mark.parametrize("levels", [{"str_levels": ()}, {"str_levels": (6, 7)}, {"stc_levels": (), "str_levels": (7,)}])
+def test_every_parameter_gets_a_gradient_whatever_levels_have_a_first_step(levels):
+    """DDP expects a gradient for every parameter: a level without a first step builds no first-step input."""
+    torch.manual_seed(0)
+    model = build_isrn(ModelConfig(**TINY, **levels)).train()
+    images = torch.rand(2, 3, 128, 128) * 255
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 40.0, 48.0]])}, {"boxes": torch.tensor([[30.0, 20.0, 120.0, 125.0]])}]
+    sum(model(images, targets).values()).backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+    first = {2, 3, 4, 5, 6, 7} & ({*model.model_config.stc_levels} | {*model.model_config.str_levels})
+    reduced = {int(key.split(".")[2]) + 2 for key in model.state_dict() if key.startswith("neck.reduce.")}
+    assert reduced == first  # each kept reduction under its level's own index, as in the full model
+
+
 @pytest.mark.parametrize("kwargs", [
     {"norm": "bn", "stem": "standard", "share_heads": False},
     {"norm": "frozen_bn"},

@@ -30,6 +30,9 @@ from jobs.local_platform.config import PlatformConfig, setting_variables
 log = logging.getLogger(__name__)
 
 SERVICE_ORDER = ("s3", "mlflow", "ray")
+START_STAGES = (("s3",), ("mlflow", "ray"))
+"""How `up` starts the services: MLflow proxies its artifacts to S3, so S3 is healthy first; Ray needs
+neither, so it starts beside MLflow (both spend their start importing Python, ~5 and ~3.5 s here)."""
 PLATFORM_LABEL = "isrn.io/local-platform"
 
 
@@ -316,23 +319,28 @@ class Platform:
         self._ensure_platform_id()
         self._ensure_ray_token()
         services = self._services()
-        for name in (n for n in SERVICE_ORDER if n in only):
-            service = services[name]
-            if self._running_pid(name) is not None:
-                problem = service.health()
-                if problem is None:
-                    log.info("%s already running at %s", name, service.url)
-                    if name == "s3":
-                        self._ensure_buckets()
-                    continue
-                raise PlatformError(
-                    f"{name} was started (pid {self._running_pid(name)}) but is not healthy: {problem}; "
-                    f"see {self.log_path(name)}, or run `isrn platform down` and `up` again"
-                )
-            self._check_ports(service)
-            self._start(service)
-            if name == "s3":
-                self._ensure_buckets()
+        for stage in START_STAGES:
+            to_start = []
+            for name in (n for n in stage if n in only):
+                service = services[name]
+                if self._running_pid(name) is not None:
+                    problem = service.health()
+                    if problem is None:
+                        log.info("%s already running at %s", name, service.url)
+                        if name == "s3":
+                            self._ensure_buckets()
+                        continue
+                    raise PlatformError(
+                        f"{name} was started (pid {self._running_pid(name)}) but is not healthy: {problem}; "
+                        f"see {self.log_path(name)}, or run `isrn platform down` and `up` again"
+                    )
+                self._check_ports(service)
+                to_start.append(service)
+            launched = [(service, self._launch(service)) for service in to_start]  # side by side
+            for service, process in launched:
+                self._await_health(service, process)
+                if service.name == "s3":
+                    self._ensure_buckets()
         return self.status()
 
     def _check_ports(self, service: _Service) -> None:
@@ -345,7 +353,7 @@ class Platform:
                     f"environment variables"
                 )
 
-    def _start(self, service: _Service) -> None:
+    def _launch(self, service: _Service) -> subprocess.Popen:
         log_path = self.log_path(service.name)
         log.info("starting %s (log: %s)", service.name, log_path)
         with open(log_path, "ab") as log_file:
@@ -355,6 +363,11 @@ class Platform:
                 cwd=self.state,
             )
         self._pid_file(service.name).write_text(f"{process.pid}\n")
+        return process
+
+    def _await_health(self, service: _Service, process: subprocess.Popen) -> None:
+        """Wait for a launched service's health check; stop it and say why if it exits or times out."""
+        log_path = self.log_path(service.name)
         deadline = time.monotonic() + service.start_timeout_s
         problem = service.health()
         while problem is not None:

@@ -131,6 +131,23 @@ def test_port_held_by_another_process_gives_a_clear_error(tmp_path):
     assert not list((tmp_path / "state" / "run").glob("*.pid"))
 
 
+def test_a_stage_checks_all_its_ports_before_it_starts_anything(tmp_path):
+    """MLflow and Ray start side by side after S3: Ray's busy port stops `up` before MLflow starts."""
+    from tests.conftest import platform_config_on_free_ports
+
+    config = platform_config_on_free_ports(tmp_path / "state")
+    platform = Platform(config)
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", config.ray.port))
+            squatter.listen()
+            with pytest.raises(PlatformError, match=rf"port {config.ray.port} \(ray"):
+                platform.up()
+        assert platform.is_running("s3") and not platform.is_running("mlflow") and not platform.is_running("ray")
+    finally:
+        platform.down()
+
+
 @pytest.mark.slow
 def test_up_twice_is_harmless_and_down_leaves_no_process(tmp_path):
     from tests.conftest import platform_config_on_free_ports

@@ -12,9 +12,10 @@ ISRN := $(VENV)/bin/isrn
 # The CPU wheel on this machine's disk; any other torch request can pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.setup-done
-# pip byte-compiles every file it installs, on one core: 41 of setup's 63 s here. Installing with
-# --no-compile and compiling the venv's packages once on every core takes half that (bench/demo_timing.py).
-# Files that do not compile on this Python (torch ships one written for 3.12) are skipped, as pip skips them.
+# pip byte-compiles each file it installs, one after the other on one core. Installing with --no-compile
+# and compiling the venv's packages once on every core took setup from 69 to 57 s here (2 cores; side
+# by side, bench/demo_timing.py). Files that do not compile on this Python (torch ships one written for
+# 3.12) are skipped, as pip skips them.
 PIP_INSTALL := $(PY) -m pip install --quiet --no-compile
 COMPILE_PACKAGES = $(PY) -m compileall -qq -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
 TEST_STAMP := $(VENV)/.setup-test-done

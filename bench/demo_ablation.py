@@ -11,7 +11,10 @@ demo` never sees it; its data set and shards are named after its generator (`dat
 `s3://isrn-shards/demo-<faces>`), so rows with the same generator share them. Rows run one after the
 other under `nice`; each row's result (final AP Easy / Medium / Hard, the logged model's URI, the
 wall time) is added to `--results` as soon as it finishes, so a table can be built over several
-sessions. A row run again on the same commit and data gives the same AP (`make demo` did, on two
+sessions. Shards already under a row's name in S3 are used as they are, whatever generator or settings
+rule built them: after either changes, delete the `demo-<faces>` prefix and `data/demo-<faces>` first,
+or the rows train and evaluate on the old data. The `demo` row (the spec as it is) gives `make
+demo`'s AP when the data is current. A row run again on the same commit and data gives the same AP (`make demo` did, on two
 commits whose loop is the same), but one run per row says nothing of how far a small change to the
 code or the data moves it: rows closer than a few points are not told apart.
 """
@@ -59,6 +62,18 @@ ROWS: dict[str, tuple[str, dict[str, object]]] = {
     "lr-0.008": ("the demo spec, lr 0.008", {"optim.lr": 0.008}),
     "lr-0.004-full": ("the demo spec, lr 0.004, crop always the full short side",
                       {"optim.lr": 0.004, "loader.augment.crop_full_side_prob": 1.0}),
+    # Rows for Easy's large faces, each against "demo" (the spec as it is) on the same data. The model is
+    # not logged: ~50 s a row that the table does not need.
+    "demo": ("the demo spec as it is", {"tracking.log_model": False}),
+    # The other way from lr-0.004-full: never the full short side, so more faces are zoomed in (larger).
+    "crop-zoomed": ("the demo spec, crop never the full short side (U[0.5, 1] of it)",
+                    {"loader.augment.crop_full_side_prob": 0.0, "tracking.log_model": False}),
+    # Large faces sit on P5-P7, where STR's second step matches the first step's refined boxes, and the
+    # first step takes only anchors at IoU >= 0.7: few positives for large faces early in training.
+    "no-str": ("the demo spec, no two-step regression (STR) on P5-P7",
+               {"model.str_levels": "[]", "tracking.log_model": False}),
+    "step1-0.5": ("the demo spec, first step matched as the second (face at IoU >= 0.5, background < 0.4)",
+                  {"loss.step1_pos_iou": 0.5, "loss.step1_neg_iou": 0.4, "tracking.log_model": False}),
 }
 
 
@@ -81,7 +96,7 @@ def final_metrics(run_id: str) -> dict[str, object]:
     from jobs.environment import JobEnvironment
     from jobs.tags import MODEL_URI
 
-    client = mlflow.MlflowClient(JobEnvironment.resolve().mlflow_uri)
+    client = mlflow.MlflowClient(JobEnvironment.resolve().tracking_uri)
     run = client.get_run(run_id)
     out: dict[str, object] = {"model_uri": run.data.tags.get(MODEL_URI)}
     for setting in ("easy", "medium", "hard"):

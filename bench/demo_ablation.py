@@ -72,6 +72,7 @@ ROWS: dict[str, tuple[str, dict[str, object]]] = {
     # first step takes only anchors at IoU >= 0.7: few positives for large faces early in training.
     "no-str": ("the demo spec, no two-step regression (STR) on P5-P7",
                {"model.str_levels": "[]", "tracking.log_model": False}),
+    "epochs-5": ("the demo spec, 5 epochs (125 steps)", {"train.epochs": 5, "tracking.log_model": False}),
     "step1-0.5": ("the demo spec, first step matched as the second (face at IoU >= 0.5, background < 0.4)",
                   {"loss.step1_pos_iou": 0.5, "loss.step1_neg_iou": 0.4, "tracking.log_model": False}),
 }

@@ -14,8 +14,8 @@ wall time) is added to `--results` as soon as it finishes, so a table can be bui
 sessions. Shards already under a row's name in S3 are used as they are, whatever generator or settings
 rule built them: after either changes, delete the `demo-<faces>` prefix and `data/demo-<faces>` first,
 or the rows train and evaluate on the old data. The `demo` row (the spec as it is) gives `make
-demo`'s AP when the data is current. A row run again on the same commit and data gives the same AP (`make demo` did, on two
-commits whose loop is the same), but one run per row says nothing of how far a small change to the
+demo`'s AP when the data is current. A row run again on the same commit and data gives the same AP
+(`make demo` did, on two commits whose loop is the same), but one run per row says nothing of how far a small change to the
 code or the data moves it: rows closer than a few points are not told apart.
 """
 
@@ -36,6 +36,8 @@ EXPERIMENT = "isrn-demo-ablation"
 RECIPE = {"loader.augment.data_anchor_sampling_prob": 0.5, "loader.augment.zoom_out_prob": 1.0}
 """The augmentation docs/model.md states, which the demo spec used before it had its own."""
 NEITHER = {"loader.augment.data_anchor_sampling_prob": 0.0, "loader.augment.zoom_out_prob": 0.0}
+NO_MODEL = {"tracking.log_model": False}
+"""Rows that only need the AP skip exporting and logging the model (~50 s a row)."""
 
 ROWS: dict[str, tuple[str, dict[str, object]]] = {
     "lfw-recipe": ("lfw faces; DAS 0.5, zoom-out every image (the demo before)",
@@ -62,19 +64,18 @@ ROWS: dict[str, tuple[str, dict[str, object]]] = {
     "lr-0.008": ("the demo spec, lr 0.008", {"optim.lr": 0.008}),
     "lr-0.004-full": ("the demo spec, lr 0.004, crop always the full short side",
                       {"optim.lr": 0.004, "loader.augment.crop_full_side_prob": 1.0}),
-    # Rows for Easy's large faces, each against "demo" (the spec as it is) on the same data. The model is
-    # not logged: ~50 s a row that the table does not need.
-    "demo": ("the demo spec as it is", {"tracking.log_model": False}),
+    # Rows for Easy's large faces, each against "demo" (the spec as it is) on the same data.
+    "demo": ("the demo spec as it is", NO_MODEL),
     # The other way from lr-0.004-full: never the full short side, so more faces are zoomed in (larger).
     "crop-zoomed": ("the demo spec, crop never the full short side (U[0.5, 1] of it)",
-                    {"loader.augment.crop_full_side_prob": 0.0, "tracking.log_model": False}),
+                    {"loader.augment.crop_full_side_prob": 0.0, **NO_MODEL}),
     # Large faces sit on P5-P7, where STR's second step matches the first step's refined boxes, and the
     # first step takes only anchors at IoU >= 0.7: few positives for large faces early in training.
     "no-str": ("the demo spec, no two-step regression (STR) on P5-P7",
-               {"model.str_levels": "[]", "tracking.log_model": False}),
-    "epochs-5": ("the demo spec, 5 epochs (125 steps)", {"train.epochs": 5, "tracking.log_model": False}),
+               {"model.str_levels": "[]", **NO_MODEL}),
+    "epochs-5": ("the demo spec, 5 epochs (125 steps)", {"train.epochs": 5, **NO_MODEL}),
     "step1-0.5": ("the demo spec, first step matched as the second (face at IoU >= 0.5, background < 0.4)",
-                  {"loss.step1_pos_iou": 0.5, "loss.step1_neg_iou": 0.4, "tracking.log_model": False}),
+                  {"loss.step1_pos_iou": 0.5, "loss.step1_neg_iou": 0.4, **NO_MODEL}),
 }
 
 

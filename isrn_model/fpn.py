@@ -25,6 +25,7 @@ from collections.abc import Collection
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from isrn_model.config import LEVELS
 from isrn_model.norm import NormLayer, conv_norm_relu
 
 
@@ -36,7 +37,7 @@ class SRNNeck(nn.Module):
     """
 
     def __init__(self, in_channels: list[int], channels: int, norm_layer: NormLayer | None,
-                 first_levels: Collection[int] = (2, 3, 4, 5, 6, 7)) -> None:
+                 first_levels: Collection[int] = LEVELS) -> None:
         super().__init__()
         if len(in_channels) != 4:
             raise ValueError(f"SRNNeck expects channels of C2–C5 (4 values), got {in_channels!r}")
@@ -51,7 +52,7 @@ class SRNNeck(nn.Module):
         self.c6 = conv(c5, c6, 3, stride=2) if {6, 7} & set(first_levels) else None
         self.c7 = conv(c6, channels, 3, stride=2) if 7 in first_levels else None
         self.reduce = nn.ModuleList(conv(c, channels, 1) if level in first_levels else nn.Identity()
-                                    for level, c in zip(range(2, 8), [*in_channels, c6, channels]))
+                                    for level, c in zip(LEVELS, [*in_channels, c6, channels]))
         self.lateral = nn.ModuleList(conv(c, channels, 1) for c in in_channels)
         self.output = nn.ModuleList(conv(channels, channels, 3) for _ in in_channels)
         self.p6 = conv(channels, channels, 3, stride=2)
@@ -66,7 +67,7 @@ class SRNNeck(nn.Module):
         c6 = self.c6(feats[3]) if self.c6 is not None else None
         c7 = self.c7(c6) if self.c7 is not None else None
         first = [reduce(c) if level in self.first_levels else None
-                 for level, reduce, c in zip(range(2, 8), self.reduce, [*feats, c6, c7])]
+                 for level, reduce, c in zip(LEVELS, self.reduce, [*feats, c6, c7])]
 
         laterals = [lateral(c) for lateral, c in zip(self.lateral, feats)]
         merged = [laterals[3]]

@@ -11,10 +11,10 @@ demo` never sees it; its data set and shards are named after its generator (`dat
 `s3://isrn-shards/demo-<faces>`), so rows with the same generator share them. Rows run one after the
 other under `nice`; each row's result (final AP Easy / Medium / Hard, the logged model's URI, the
 wall time) is added to `--results` as soon as it finishes, so a table can be built over several
-sessions. Shards already under a row's name in S3 are used as they are, whatever generator or settings
-rule built them: after either changes, delete the `demo-<faces>` prefix and `data/demo-<faces>` first,
-or the rows train and evaluate on the old data. The `demo` row (the spec as it is) gives `make
-demo`'s AP when the data is current. A row run again on the same commit and data gives the same AP
+sessions. A row whose generator settings or generator code differ from what generated the data and
+built the shards under its name generates and shards them again first (`jobs/data_prep.py` compares
+their fingerprints), so no row trains on another row's data or on an older generator's. The `demo`
+row (the spec as it is) gives `make demo`'s AP. A row run again on the same commit and data gives the same AP
 (`make demo` did, on two commits whose loop is the same), but one run per row says nothing of how far a small change to the
 code or the data moves it: rows closer than a few points are not told apart.
 """

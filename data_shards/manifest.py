@@ -3,12 +3,14 @@
 A manifest is written last, after every shard it lists is in place, so a split is visible exactly
 when it is complete. It records, per shard, the sample and face counts, byte size and sha256, and
 for the split the sha256 of the annotation file the shards were built from and what its boxes
-outline (`boxes`: face, or person for COCO's person boxes). The val split also
+outline (`boxes`: face, or person for COCO's person boxes), and for a generated set what it was
+generated from (`source`: `data_shards.synth.dataset_fingerprint`). The val split also
 lists the official ground-truth .mat files uploaded beside it (`ground_truth/…`), which the WIDER
 metric reads (`fetch_ground_truth`).
 
     {"format": "isrn-wider-shards/1", "split": "val", "created": "...",
      "annotation_file": "wider_face_split/wider_face_val_bbx_gt.txt", "annotation_sha256": "...", "boxes": "face",
+     "source": "synth-...",
      "shards": [{"name": "val-000000.tar", "samples": 41, "faces": 390, "bytes": 5242880,
                  "sha256": "..."}, ...],
      "ground_truth": {"wider_hard_val.mat": {"name": "ground_truth/wider_hard_val.mat",
@@ -50,6 +52,10 @@ class Manifest:
     boxes: str = "face"
     """What the records' boxes outline: `face` (WIDER FACE, COCO-WholeBody `face_box`) or `person`
     (COCO `bbox`). Manifests written before this field read as `face`."""
+    source: str = ""
+    """For shards of a data set the platform generated (a spec's `data.synth`), its fingerprint
+    (`synth-…`: settings and generator code), so a changed spec or generator is seen to need new
+    shards; empty for shards built from a folder by `isrn shards build`, and in older manifests."""
     format: str = FORMAT
 
     @property
@@ -86,6 +92,7 @@ class Manifest:
                 created=data.get("created", ""),
                 ground_truth=data.get("ground_truth", {}),
                 boxes=data.get("boxes", "face"),
+                source=data.get("source", ""),
             )
             if not manifest.shards:
                 raise ValueError("it lists no shards")

@@ -162,8 +162,11 @@ def build_split(
     shard_size_mb: float = 64.0,
     settings: S3Settings | None = None,
     progress: bool = True,
+    source: str = "",
 ) -> Manifest:
-    """Shard one split of the WIDER layout at `wider_root` into `<out_url>/<split>/`; returns its manifest."""
+    """Shard one split of the WIDER layout at `wider_root` into `<out_url>/<split>/`; returns its manifest.
+
+    `source`: the generated set's fingerprint (`Manifest.source`), empty for any other folder."""
     check_shard_size(shard_size_mb)
     layout = WiderLayout(wider_root)
     records = layout.records(split)
@@ -175,8 +178,11 @@ def build_split(
     return publish_split(
         wider_images(layout, split, records), sizes, split, out_url,
         annotation_file=annotation.relative_to(layout.root).as_posix(), annotation_sha256=annotation_sha,
-        fingerprint=annotation_sha, ground_truth=layout.ground_truth_files() if split == "val" else {},
-        shard_size_mb=shard_size_mb, settings=settings, progress=progress)
+        # A generated set's images can change under the same annotation (a generator that draws
+        # differently): its fingerprint names the version too, so new shards never overwrite old ones.
+        fingerprint=f"{annotation_sha}:{source}" if source else annotation_sha,
+        ground_truth=layout.ground_truth_files() if split == "val" else {},
+        shard_size_mb=shard_size_mb, settings=settings, progress=progress, source=source)
 
 
 def check_shard_size(shard_size_mb: float) -> None:
@@ -198,12 +204,14 @@ def publish_split(
     shard_size_mb: float = 64.0,
     settings: S3Settings | None = None,
     progress: bool = True,
+    source: str = "",
 ) -> Manifest:
     """Write `images` (file sizes `sizes`, in bytes) as `<out_url>/<split>/<version>/` shards, upload the
     `ground_truth` files (name -> local path) beside them, then publish the manifest.
 
     `fingerprint` is what determines the records besides the image files (the annotation file's sha256,
-    and for COCO also which boxes were taken): with the plan it names the version.
+    and for COCO also which boxes were taken; for a generated set also its `source`): with the plan it
+    names the version. `source`: see `Manifest.source`.
     """
     from tqdm import tqdm
 
@@ -251,6 +259,7 @@ def publish_split(
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         ground_truth=published_truth,
         boxes=boxes,
+        source=source,
     )
     # Last: the split becomes visible only now. A PUT is atomic on S3; locally a rename is.
     store.put_bytes(manifest.to_json().encode(), f"{split}/{MANIFEST_NAME}")

@@ -6,11 +6,20 @@
 Only a spec with a `data.synth` section generates anything: a spec naming real shards never
 writes to them. The generator is seeded (the same seed gives byte-identical images), so a second
 run finds the manifests and does nothing, and a deleted local copy is generated again identically.
+
+What was generated is checked, not assumed: a data set records its fingerprint
+(`data_shards.synth.dataset_fingerprint`: counts, seed, generator settings and the generator's code)
+and so does every manifest built from it (`Manifest.source`). A spec whose `data.synth` changed, or
+a newer generator, finds the fingerprints differ and generates and shards its data again, rather than
+training on the old set under the same names. The shard size of an existing build is not part of it.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 from jobs.environment import JobEnvironment
@@ -20,9 +29,16 @@ from jobs.spec import JobSpec, SynthDataConfig
 log = logging.getLogger(__name__)
 
 
+def synth_fingerprint(synth: SynthDataConfig) -> str:
+    """The fingerprint of the data set `synth` describes (what its folder and shards record)."""
+    from data_shards.synth import dataset_fingerprint
+
+    return dataset_fingerprint(train=synth.train_images, val=synth.val_images, seed=synth.seed, config=synth.generator)
+
+
 def prepare_data(spec: JobSpec, env: JobEnvironment) -> list[str]:
-    """Generate the data set and build the shards of the splits whose manifests are missing; returns
-    those splits. ConfigError for a spec without `data.synth`."""
+    """Generate the data set and build the shards of the splits whose manifests are missing or were
+    built from other data; returns those splits. ConfigError for a spec without `data.synth`."""
     from data_shards.shard_writer import build_split
     from jobs.preflight import SPLITS, read_split_manifest
 
@@ -30,25 +46,68 @@ def prepare_data(spec: JobSpec, env: JobEnvironment) -> list[str]:
     if synth is None:
         raise ConfigError(f"spec {spec.name!r}: data.synth is not set, so there is no data to generate; "
                           f"build its shards with `isrn shards build … --out {spec.data.shards}`")
-    missing = [split for split in SPLITS if read_split_manifest(spec, split, env) is None]
-    if missing:
+    fingerprint = synth_fingerprint(synth)
+    stale = []
+    for split in SPLITS:
+        manifest = read_split_manifest(spec, split, env)
+        if manifest is not None and manifest.source != fingerprint:
+            log.info("%s shards in %s were built from %s, not from this spec's data.synth (%s): building them again",
+                     split, spec.data.shards, manifest.source or "other data", fingerprint)
+        if manifest is None or manifest.source != fingerprint:
+            stale.append(split)
+    if stale:
         root = generate_synth(synth)
-        for split in missing:
+        for split in stale:
             log.info("building %s shards in %s", split, spec.data.shards)
             build_split(root, split, spec.data.shards, shard_size_mb=synth.shard_size_mb, settings=env.s3,
-                        progress=False)
-    return missing
+                        progress=False, source=fingerprint)
+    return stale
 
 
 def generate_synth(synth: SynthDataConfig) -> Path:
     """The spec's generated WIDER-format data set, generated (seeded: always the same images) unless
-    it is there already; returns its root, relative paths taken from the current folder."""
-    from data_shards.synth import generate_dataset
+    the folder already holds it; returns its root, relative paths taken from the current folder.
+
+    The new set is generated beside the folder and renamed into place once complete. A set generated
+    from other settings or by another generator is then deleted; a folder without a fingerprint (a set
+    from an isrn before fingerprints, one cut short, or anything else) is kept, renamed to
+    `<root>.before-<time>`, since this code cannot tell what it holds.
+    """
+    from data_shards.synth import generate_dataset, generated_fingerprint
 
     root = synth.root.expanduser().absolute()
-    if not (root / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
-        log.info("generating a WIDER-format data set in %s (%d train, %d val images)", root,
-                 synth.train_images, synth.val_images)
-        generate_dataset(root, train=synth.train_images, val=synth.val_images, seed=synth.seed,
+    fingerprint = synth_fingerprint(synth)
+    found = generated_fingerprint(root)
+    if found == fingerprint:
+        return root
+    log.info("generating a WIDER-format data set in %s (%d train, %d val images)%s", root, synth.train_images,
+             synth.val_images, f"; it replaces the set generated from {found}" if found else "")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    try:
+        generate_dataset(partial, train=synth.train_images, val=synth.val_images, seed=synth.seed,
                          config=synth.generator)
+        _replace(root, partial, keep_old=found is None)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone already unless generation failed
     return root
+
+
+def _replace(root: Path, new: Path, *, keep_old: bool) -> None:
+    """Rename `new` to `root`; what `root` held is deleted, or kept beside it when `keep_old` and not empty."""
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+    if not root.exists():
+        new.rename(root)
+        return
+    if keep_old:
+        kept = root.with_name(f"{root.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+        root.rename(kept)
+        new.rename(root)
+        log.warning("%s held files without a generated set's fingerprint: kept them as %s (delete it when "
+                    "not needed)", root, kept)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+    root.rename(old / root.name)
+    new.rename(root)
+    shutil.rmtree(old)

@@ -91,6 +91,17 @@ def time_make_demo(ref: str, keep: bool, log_path: Path | None) -> tuple[str, in
     return commit, rc, total, rows
 
 
+def machine() -> str:
+    """The CPU this ran on: the same commit took 417 s on one machine of this kind and 959 s on
+    another, and trained another champion, so a figure is only compared with figures of its machine."""
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
+    import torch  # which kernels PyTorch picks (AVX2, AVX512, ...): they sum in different orders
+
+    return (f"{len(os.sched_getaffinity(0))} cores of {names[0] if names else 'an unknown CPU'}, "
+            f"PyTorch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ref", action="append", help="commit or branch to clone (repeat to time several, one "
@@ -106,7 +117,7 @@ def main() -> None:
         commit, rc, total, rows = time_make_demo(ref, args.keep and i == len(refs) - 1, log)
         totals.append((ref, commit, rc, total))
         print(f"make demo at {ref} ({commit[:12]}) from a fresh clone: exit {rc}, {total:.0f} s ({total / 60:.1f} min), "
-              f"load average {os.getloadavg()[0]:.1f} at the end")
+              f"load average {os.getloadavg()[0]:.1f} at the end, on {machine()}")
         print(f"{'seconds':>8} {'share':>6}  command")
         ends = [r[1] for r in rows[1:]] + [total]
         for (phase, begin), end in zip(rows, ends):

@@ -20,6 +20,7 @@ import logging
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from jobs.environment import JobEnvironment
@@ -83,7 +84,9 @@ def generate_synth(synth: SynthDataConfig) -> Path:
     log.info("generating a WIDER-format data set in %s (%d train, %d val images)%s", root, synth.train_images,
              synth.val_images, f"; it replaces the set generated from {found}" if found else "")
     root.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    # Not tempfile.mkdtemp: its folder is private (0700), and this one becomes the data set.
+    partial = root.with_name(f".{root.name}.partial-{uuid.uuid4().hex[:8]}")
+    partial.mkdir()
     try:
         generate_dataset(partial, train=synth.train_images, val=synth.val_images, seed=synth.seed,
                          config=synth.generator)

@@ -52,6 +52,11 @@ def eager_weights(model: str) -> Path:
         return Path(model)
     import mlflow
 
+    from jobs.environment import JobEnvironment
+
+    # MLFLOW_TRACKING_URI, else the local platform's server, as `isrn detect` (never a stray ./mlflow.db,
+    # MLflow's own default, where no model is registered).
+    mlflow.set_tracking_uri(JobEnvironment.resolve().tracking_uri)
     return Path(mlflow.artifacts.download_artifacts(f"{model.rstrip('/')}/artifacts/{EAGER_FILE}"))
 
 

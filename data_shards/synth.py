@@ -421,6 +421,11 @@ def _generator_sources() -> tuple[Path, ...]:
     return (Path(__file__), *(Path(module.__file__) for module in modules))
 
 
+def _settings(train: int, val: int, test: int, seed: int, config: SynthConfig) -> dict:
+    """The arguments of `generate_dataset` as plain values (what the fingerprint and `synth.json` hold)."""
+    return {"train": train, "val": val, "test": test, "seed": seed, "config": config.to_dict()}
+
+
 def dataset_fingerprint(*, train: int, val: int, test: int = 0, seed: int = 0,
                         config: SynthConfig = SynthConfig()) -> str:
     """`synth-<16 hex>`: what `generate_dataset` with these arguments writes is a function of.
@@ -430,8 +435,7 @@ def dataset_fingerprint(*, train: int, val: int, test: int = 0, seed: int = 0,
     fingerprint rather than leaving a set drawn by the old one in use. (Any edit of those modules
     counts, comments included: regenerating is seconds, training on stale data is a wasted run.)
     """
-    digest = hashlib.sha256(json.dumps({"train": train, "val": val, "test": test, "seed": seed,
-                                        "config": config.to_dict()}, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(_settings(train, val, test, seed, config), sort_keys=True).encode())
     for source in _generator_sources():
         digest.update(source.read_bytes())
     return f"synth-{digest.hexdigest()[:16]}"
@@ -463,8 +467,7 @@ def generate_dataset(root: str | Path, *, train: int, val: int, test: int = 0, s
     test_records = [ImageRecord(r.path) for r in generate_split(root, "test", test, seed, replace(config))]
     (split_dir / "wider_face_test_filelist.txt").write_text("".join(f"{r.path}\n" for r in test_records))
     out["test"] = test_records
-    fingerprint = dataset_fingerprint(train=train, val=val, test=test, seed=seed, config=config)
-    stamp = {"fingerprint": fingerprint, "train": train, "val": val, "test": test, "seed": seed,
-             "config": config.to_dict()}
+    stamp = {"fingerprint": dataset_fingerprint(train=train, val=val, test=test, seed=seed, config=config),
+             **_settings(train, val, test, seed, config)}
     (root / STAMP_FILE).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
     return out

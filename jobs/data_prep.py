@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -51,11 +50,11 @@ def prepare_data(spec: JobSpec, env: JobEnvironment) -> list[str]:
     stale = []
     for split in SPLITS:
         manifest = read_split_manifest(spec, split, env)
-        if manifest is not None and manifest.source != fingerprint:
-            log.info("%s shards in %s were built from %s, not from this spec's data.synth (%s): building them again",
-                     split, spec.data.shards, manifest.source or "other data", fingerprint)
         if manifest is None or manifest.source != fingerprint:
             stale.append(split)
+            if manifest is not None:
+                log.info("%s shards in %s were built from %s, not from this spec's data.synth (%s): building them "
+                         "again", split, spec.data.shards, manifest.source or "other data", fingerprint)
     if stale:
         root = generate_synth(synth)
         for split in stale:
@@ -84,7 +83,7 @@ def generate_synth(synth: SynthDataConfig) -> Path:
     log.info("generating a WIDER-format data set in %s (%d train, %d val images)%s", root, synth.train_images,
              synth.val_images, f"; it replaces the set generated from {found}" if found else "")
     root.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkdtemp: its folder is private (0700), and this one becomes the data set.
+    # Made with the user's umask (tempfile.mkdtemp's would be private, 0700): it becomes the data set.
     partial = root.with_name(f".{root.name}.partial-{uuid.uuid4().hex[:8]}")
     partial.mkdir()
     try:
@@ -103,14 +102,13 @@ def _replace(root: Path, new: Path, *, keep_old: bool) -> None:
     if not root.exists():
         new.rename(root)
         return
-    if keep_old:
-        kept = root.with_name(f"{root.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
-        root.rename(kept)
-        new.rename(root)
-        log.warning("%s held files without a generated set's fingerprint: kept them as %s (delete it when "
-                    "not needed)", root, kept)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-    root.rename(old / root.name)
+    # The old folder is renamed aside before the new one takes its name, and deleted only after.
+    aside = root.with_name(f"{root.name}.before-{time.strftime('%Y%m%d-%H%M%S')}" if keep_old
+                           else f".{root.name}.old-{uuid.uuid4().hex[:8]}")
+    root.rename(aside)
     new.rename(root)
-    shutil.rmtree(old)
+    if keep_old:
+        log.warning("%s held files without a generated set's fingerprint: kept them as %s (delete it when "
+                    "not needed)", root, aside)
+    else:
+        shutil.rmtree(aside)

@@ -16,7 +16,9 @@ neither, ...); ``--set FIELD=VALUE`` (repeatable, fields of ``loader.augment``) 
 setting with all of its overrides. Printed per setting: the share of training faces per anchor
 bin next to the val shares, and summaries: the median training face, the share of training faces at
 least as large as the val Easy set's median face, and "coverage" — for each val Easy face, how many
-training faces (per train image and draw) fall in its anchor bin, averaged over the val Easy faces.
+training faces (per train image and draw) fall in its anchor bin, averaged over the val Easy faces;
+"large cut" — of the kept faces at least 100 px tall in the image, the share the crop cut to under
+90 % of their area (their boxes are clipped to the crop: a box on part of a face, which no val face is).
 
 Nothing is trained and no service is needed; a few seconds per setting.
 """
@@ -29,7 +31,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from data_shards.augment import own_anchor_index, sample_train_transform, val_resize
+from data_shards.augment import own_anchor_index, sample_train_transform, val_resize, visible_share
 from data_shards.config import MODEL_ANCHOR_SIZES, AugmentConfig
 from data_shards.synth import face_settings, generate_image
 from jobs.spec import load_spec
@@ -38,6 +40,8 @@ SETTINGS = ("easy", "medium", "hard")
 
 _RECIPE = {"data_anchor_sampling_prob": 0.5, "zoom_out_prob": 1.0}
 _NEITHER = {"data_anchor_sampling_prob": 0.0, "zoom_out_prob": 0.0}
+LARGE_FACE = 100
+"""Source height (px) from which a face counts as large in the "large cut" column."""
 COMPARED = (
     ("recipe: DAS 0.5, zoom-out always", _RECIPE),
     ("zoom-out only", {**_RECIPE, "data_anchor_sampling_prob": 0.0}),
@@ -46,6 +50,7 @@ COMPARED = (
     ("recipe, DAS allow larger, jitter 2", {**_RECIPE, "das_allow_larger": True, "das_size_jitter": 2.0}),
     ("DAS 0.5, zoom-out 0.3 up to 2x", {**_RECIPE, "zoom_out_prob": 0.3, "zoom_out_max": 2.0}),
     ("neither, out 384", {**_NEITHER, "out_size": 384}),
+    ("neither, crops keep faces whole", {**_NEITHER, "crop_min_visible": 0.9}),
 )
 """The settings compared besides the spec's own: the spec's with these fields set (the recipe is
 docs/model.md's; the spec's other fields, such as its crop, stay)."""
@@ -62,16 +67,22 @@ def anchor_bins(sizes: np.ndarray, anchor_sizes: tuple[float, ...] = MODEL_ANCHO
 
 
 def train_faces(images: list[tuple[tuple[int, int], np.ndarray]], config: AugmentConfig, draws: int,
-                seed: int = 0) -> np.ndarray:
-    """Sizes (output pixels) of the faces kept by `draws` training transforms of every image."""
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The faces kept by `draws` training transforms of every image: their sizes (output pixels), and
+    for those at least LARGE_FACE source pixels tall, whether the crop cut them (under 90 % of the
+    area inside)."""
     rng = np.random.default_rng(seed)
-    out = []
+    sizes, large_cut = [], []
     for _ in range(draws):
         for hw, boxes in images:
             transform = sample_train_transform(rng, hw, boxes, config)
-            kept, _ = transform.apply_boxes(boxes)
-            out.append(face_size(kept))
-    return np.concatenate(out) if out else np.zeros(0)
+            kept, keep = transform.apply_boxes(boxes)
+            sizes.append(face_size(kept))
+            large = keep & (boxes[:, 3] - boxes[:, 1] >= LARGE_FACE)
+            share = visible_share(boxes[large], (transform.x0, transform.y0, transform.side))
+            large_cut.append(share < 0.9)
+    return (np.concatenate(sizes) if sizes else np.zeros(0),
+            np.concatenate(large_cut) if large_cut else np.zeros(0, bool))
 
 
 def load_split(spec_name: str, split: str, overrides: list[str] = ()) -> list[tuple[tuple[int, int], np.ndarray, list]]:
@@ -122,7 +133,8 @@ def main() -> None:
     settings = [("spec", base)] + [(name, replace(base, **changes)) for name, changes in COMPARED]
     if args.overrides:
         settings.append(("--set " + " ".join(args.overrides), replace(base, **parse_overrides(args.overrides))))
-    trained = {name: train_faces(train, cfg, args.draws) for name, cfg in settings}
+    drawn = {name: train_faces(train, cfg, args.draws) for name, cfg in settings}
+    trained = {name: sizes for name, (sizes, _) in drawn.items()}
 
     anchors = MODEL_ANCHOR_SIZES
     n_bins = len(anchors)
@@ -148,14 +160,15 @@ def main() -> None:
           f"{np.percentile(val['easy'], 90):.0f} px; val hard median {np.median(val['hard']):.0f} px")
     print()
     print(f"{'':4}{'setting':34} {'faces/img':>9} {'median px':>9} {'>= easy med %':>13} {'>= 90 px %':>10} "
-          f"{'easy coverage':>13}")
+          f"{'easy coverage':>13} {'large cut %':>11}")
     easy_bins = anchor_bins(val["easy"])
     for i, (name, _) in enumerate(settings):
         sizes = trained[name]
         per_draw = len(train) * args.draws
         coverage = float(np.mean(train_bins[name][easy_bins] / per_draw)) if len(easy_bins) else math.nan
         print(f"T{i:<3}{name:34} {len(sizes) / per_draw:9.2f} {np.median(sizes):9.0f} "
-              f"{100 * np.mean(sizes >= easy_median):13.1f} {100 * np.mean(sizes >= 90):10.1f} {coverage:13.3f}")
+              f"{100 * np.mean(sizes >= easy_median):13.1f} {100 * np.mean(sizes >= 90):10.1f} {coverage:13.3f} "
+              f"{100 * np.mean(drawn[name][1]):11.1f}")
 
 
 if __name__ == "__main__":

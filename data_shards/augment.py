@@ -15,7 +15,9 @@ image (zoom-out). The window is chosen one of two ways (docs/model.md, "Training
 - zoom-out + square crop [SRN]: with `zoom_out_prob` (1: always, as the recipe lists it) place the
   image in a canvas `r` times its size (r ~ U[1, zoom_out_max]) at a random offset; then a square
   whose side is, with `crop_full_side_prob`, the canvas' short side, else U[crop_scale_min, 1] x
-  it [SRN crops both and picks one], at a random position in the canvas.
+  it [SRN crops both and picks one], at a random position in the canvas. The window is redrawn
+  (up to `crop_attempts`) until it keeps a face centre and, with `crop_min_visible` > 0 [ours, off
+  by default], cuts no kept face to under that share of its area.
 - data-anchor-sampling [ISRN], with `data_anchor_sampling_prob`: pick a face of sqrt-area f, find
   its own anchor size (the one of `das_anchor_sizes`, the detector's, nearest to f in ratio), pick a
   target anchor size `a` uniformly **at or below** it, and crop the window that makes the face
@@ -118,7 +120,7 @@ def photometric(image: np.ndarray, brightness: float, contrast: float, saturatio
 
 
 def _zoom_out_crop(rng: np.random.Generator, h: int, w: int, boxes: np.ndarray, cfg: AugmentConfig) -> tuple[float, float, float]:
-    window = (0.0, 0.0, float(min(h, w)))
+    window, fewest_cut = (0.0, 0.0, float(min(h, w))), None
     for _ in range(cfg.crop_attempts):
         ratio = rng.uniform(1.0, cfg.zoom_out_max) if rng.random() < cfg.zoom_out_prob else 1.0
         cw, ch = w * ratio, h * ratio
@@ -129,12 +131,29 @@ def _zoom_out_crop(rng: np.random.Generator, h: int, w: int, boxes: np.ndarray, 
         window = (cx - left, cy - top, side)
         if len(boxes) == 0:
             break
-        centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        x0, y0, side = window
-        inside = (centre_x >= x0) & (centre_x < x0 + side) & (centre_y >= y0) & (centre_y < y0 + side)
-        if inside.any():
-            break
-    return window
+        inside = _centre_inside(boxes, window)
+        if not inside.any():
+            continue
+        cut = int((inside & (visible_share(boxes, window) < cfg.crop_min_visible)).sum())
+        if cut == 0:
+            return window
+        if fewest_cut is None or cut < fewest_cut[0]:
+            fewest_cut = (cut, window)
+    return fewest_cut[1] if fewest_cut is not None else window
+
+
+def _centre_inside(boxes: np.ndarray, window: tuple[float, float, float]) -> np.ndarray:
+    x0, y0, side = window
+    centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    return (centre_x >= x0) & (centre_x < x0 + side) & (centre_y >= y0) & (centre_y < y0 + side)
+
+
+def visible_share(boxes: np.ndarray, window: tuple[float, float, float]) -> np.ndarray:
+    """Share of each box's area (xyxy, float[N, 4], positive sizes) inside the square window (x0, y0, side)."""
+    x0, y0, side = window
+    iw = np.clip(np.minimum(boxes[:, 2], x0 + side) - np.maximum(boxes[:, 0], x0), 0.0, None)
+    ih = np.clip(np.minimum(boxes[:, 3], y0 + side) - np.maximum(boxes[:, 1], y0), 0.0, None)
+    return iw * ih / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
 
 
 def own_anchor_index(face_size: float, anchor_sizes: tuple[float, ...]) -> int:

@@ -61,6 +61,11 @@ class AugmentConfig(Section):
     """Boxes narrower or shorter than this many output pixels after crop and clip are dropped [ours]."""
     crop_attempts: int = Field(default=10, gt=0)
     """Zoom-out crops are redrawn up to this many times until one keeps a face centre [ours]."""
+    crop_min_visible: float = unit_field(0.0)
+    """A zoom-out crop is also redrawn (within ``crop_attempts``) while it keeps a face of which less than
+    this share of the area lies inside the window: the clipped box would teach a box on part of a face.
+    0: any kept face may be cut, as SRN's crop [ours]. If no attempt qualifies, the one cutting the
+    fewest kept faces is used."""
 
     def __post_init__(self) -> None:
         if list(self.das_anchor_sizes) != sorted(self.das_anchor_sizes) or min(self.das_anchor_sizes) <= 0:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_shards.augment import (
-    AugmentConfig, TrainTransform, own_anchor_index, photometric, sample_train_transform, val_resize,
+    AugmentConfig, TrainTransform, own_anchor_index, photometric, sample_train_transform, val_resize, visible_share,
 )
 
 BOX = [[60.0, 10.0, 80.0, 30.0]]  # xyxy in a 200 (w) x 100 (h) source image
@@ -150,6 +150,33 @@ def test_zoom_out_expands_every_image_by_one_to_four():
     assert cfg.zoom_out_prob == 1.0  # the recipe lists zoom-out ×[1, 4] with no probability: always
     sides = _crop_sides(cfg)  # side = ratio × short side, ratio ~ U[1, 4]
     assert (sides >= 100.0).all() and (sides <= 400.0).all() and np.median(sides) > 200.0
+
+
+def test_visible_share_of_a_box_in_a_window():
+    boxes = np.array(BOX)  # 20 × 20 px, area 400
+    assert visible_share(boxes, (0.0, 0.0, 100.0))[0] == 1.0
+    assert visible_share(boxes, (70.0, 0.0, 50.0))[0] == 0.5  # x 70–80 of 60–80, y all: 10 × 20 / 400
+    assert visible_share(boxes, (90.0, 0.0, 10.0))[0] == 0.0
+
+
+def test_crops_redrawn_while_they_cut_a_kept_face():
+    # A 60-px face in a 100 × 200 image, crops of 50–100 px without zoom-out: the centre rule alone
+    # keeps it cut half the time; with crop_min_visible 0.9 a kept face is nearly always 90 % inside.
+    face = np.array([[30.0, 20.0, 90.0, 80.0]])
+    base = {"zoom_out_prob": 0.0, "data_anchor_sampling_prob": 0.0}
+
+    def cut_shares(cfg):
+        shares = []
+        for s in range(300):
+            t = sample_train_transform(np.random.default_rng(s), (100, 200), face, cfg)
+            if t.apply_boxes(face)[1][0]:
+                shares.append(visible_share(face, (t.x0, t.y0, t.side))[0])
+        return np.array(shares)
+
+    centre_rule = cut_shares(AugmentConfig(**base))
+    whole = cut_shares(AugmentConfig(crop_min_visible=0.9, **base))
+    assert (centre_rule < 0.9).mean() > 0.3
+    assert (whole < 0.9).mean() < 0.1  # the rest: no attempt of 10 qualified, the least cutting one is used
 
 
 def test_val_resize_caps_long_side():

@@ -57,7 +57,9 @@ def eager_weights(model: str) -> Path:
     # MLFLOW_TRACKING_URI, else the local platform's server, as `isrn detect` (never a stray ./mlflow.db,
     # MLflow's own default, where no model is registered).
     mlflow.set_tracking_uri(JobEnvironment.resolve().tracking_uri)
-    return Path(mlflow.artifacts.download_artifacts(f"{model.rstrip('/')}/artifacts/{EAGER_FILE}"))
+    # The whole model, not "<uri>/artifacts/<file>": MLflow reads models:/m-<id>/<path> as a registered
+    # model named m-<id> ("Registered Model with name=m-… not found"); a few MB.
+    return Path(mlflow.artifacts.download_artifacts(model)) / "artifacts" / EAGER_FILE
 
 
 def categorise(boxes: np.ndarray, faces: np.ndarray, easy: np.ndarray, iou: np.ndarray) -> list[str]:

@@ -10,7 +10,8 @@ least 256) to [B, K, 5] rows (x1, y1, x2, y2, score) in canvas pixels, unused ro
 
 Each image is shrunk (never enlarged) so that its long side is at most ``max_size``, with the val
 loader's own resize (``data_shards.augment.val_resize``, OpenCV INTER_AREA), placed at the top left
-of a black canvas whose sides are the next multiples of 128 (at least 256), and run together with
+of a canvas of the training fill colour (``CANVAS_FILL_RGB``) whose sides are the next multiples of
+128 (at least 256), and run together with
 the other images of the same canvas size. The canvas depends on the image alone, so a face's box
 does not depend on what else is in the request; at the spec's ``loader.val_max_size`` it is the
 canvas training evaluated on (one image per val batch, ``val_size_multiple`` 128). Boxes are divided
@@ -27,6 +28,10 @@ import numpy as np
 
 from jobs.serving.inputs import DetectionInputError
 
+CANVAS_FILL_RGB = (123.0, 117.0, 104.0)
+"""Colour of the canvas around a letterboxed image: the val loader's padding and training's zoom-out
+fill (``data_shards.augment.MEAN_BGR`` in RGB, the ImageNet mean: about zero after the model's
+normalisation), so a served model's boxes are the ones training evaluated."""
 SIDE_MULTIPLE = 128
 """Canvas sides are multiples of the detector's largest stride (P7), as the exported program takes."""
 MIN_SIDE = 256
@@ -118,7 +123,8 @@ class FaceDetector:
         for (height, width), indices in by_canvas.items():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
-                batch = np.zeros((len(chunk), height, width, 3), np.float32)  # black padding, as the val loader's
+                batch = np.empty((len(chunk), height, width, 3), np.float32)
+                batch[:] = CANVAS_FILL_RGB  # the val loader's padding, as training evaluated
                 for slot, index in enumerate(chunk):
                     small = letterboxed[index][0]
                     batch[slot, : small.shape[0], : small.shape[1]] = small

@@ -13,6 +13,7 @@ from data_shards.loader import AugmentConfig, LoaderConfig, assign_shards, make_
 from data_shards.manifest import Manifest, ShardEntry
 from data_shards.shard_writer import sample_key, write_shard
 from data_shards.wider_layout import WiderLayout
+from jobs.serving.inference import CANVAS_FILL_RGB
 
 CFG = LoaderConfig(batch_size=2, augment=AugmentConfig(out_size=128), num_workers=2, shuffle_buffer=4, val_batch_size=2,
                    val_max_size=256)
@@ -73,9 +74,15 @@ def test_val_visits_every_image_once_with_equal_batches(wider_root, tmp_path):
         for b in batches:
             assert b["images"].shape[2] % 128 == 0 and b["images"].shape[3] % 128 == 0
             seen += [k for k, v in zip(b["keys"], b["valid"].tolist(), strict=True) if v]
-            for size, scale, valid in zip(b["image_sizes"].tolist(), b["scales"].tolist(), b["valid"].tolist(), strict=True):
+            for i, (size, scale, valid) in enumerate(zip(b["image_sizes"].tolist(), b["scales"].tolist(),
+                                                         b["valid"].tolist(), strict=True)):
                 if valid:
                     assert scale == min(1.0, 256 / max(size))
+                    # padded with the served canvas's colour (training's fill), not black
+                    h, w = round(size[0] * scale), round(size[1] * scale)
+                    fill = torch.tensor(CANVAS_FILL_RGB, dtype=b["images"].dtype)[:, None, None]
+                    assert (b["images"][i, :, h:, :] == fill).all() and (b["images"][i, :, :, w:] == fill).all()
+                    assert h < b["images"].shape[2] or w < b["images"].shape[3]  # some padding to check
     assert lengths[0] == lengths[1]
     assert sorted(seen) == sorted(expected)  # every val image exactly once across ranks
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from jobs.serving.inference import CANVAS_FILL_RGB
+
 
 class ContentProgram:
-    """A stand-in program: per canvas, one detection, the bounding box of its non-black pixels, with
+    """A stand-in program: per canvas, one detection, the bounding box of its pixels that are not the
+    canvas's fill colour (``CANVAS_FILL_RGB``), with
     score = (mean red of that content) / 255; records the shape of every batch it is given."""
 
     def __init__(self) -> None:
@@ -17,7 +20,7 @@ class ContentProgram:
         self.batches.append(batch.shape)
         out = np.zeros((batch.shape[0], 4, 5), np.float32)  # K = 4 rows, three of them unused
         for i, image in enumerate(batch):
-            ys, xs = np.nonzero(image.sum(axis=0))
+            ys, xs = np.nonzero((image != np.array(CANVAS_FILL_RGB, np.float32)[:, None, None]).any(axis=0))
             out[i, 0] = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, image[0, ys, xs].mean() / 255]
         return out
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jobs.serving.inference import FaceDetector, boxes_to_original, canvas_shape, letterbox
+from data_shards.augment import MEAN_BGR
+from jobs.serving.inference import CANVAS_FILL_RGB, FaceDetector, boxes_to_original, canvas_shape, letterbox
 from jobs.serving.inputs import DetectionInputError
 from tests.jobs.serving.stand_ins import ContentProgram, photo
 
@@ -55,6 +56,13 @@ def test_detect_maps_each_image_back_from_its_own_canvas() -> None:
     assert len(found[2]) == 0
     np.testing.assert_allclose(found[0], [[0, 0, 1000, 500, 0.8]], rtol=1e-6)  # 100 × 200 → 256 × 256
     assert program.batches[-1] == (3, 3, 256, 256)  # 100 × 200, 120 × 200, 200 × 133: one canvas, one call
+
+
+def test_the_canvas_is_trainings_fill_colour() -> None:
+    assert CANVAS_FILL_RGB == tuple(reversed(MEAN_BGR))  # the val loader pads with MEAN_BGR (BGR images)
+    program = ContentProgram()
+    FaceDetector(program, max_size=400, score_threshold=0.0).detect([photo(100, 200, 10)])
+    assert program.batches == [(1, 3, 256, 256)]
 
 
 def test_images_of_one_canvas_run_in_batches_of_at_most_batch_size() -> None:

@@ -10,12 +10,12 @@ least 256) to [B, K, 5] rows (x1, y1, x2, y2, score) in canvas pixels, unused ro
 
 Each image is shrunk (never enlarged) so that its long side is at most ``max_size``, with the val
 loader's own resize (``data_shards.augment.val_resize``, OpenCV INTER_AREA), placed at the top left
-of a canvas of the training fill colour (``CANVAS_FILL_RGB``) whose sides are the next multiples of
-128 (at least 256), and run together with
-the other images of the same canvas size. The canvas depends on the image alone, so a face's box
-does not depend on what else is in the request; at the spec's ``loader.val_max_size`` it is the
-canvas training evaluated on (one image per val batch, ``val_size_multiple`` 128). Boxes are divided
-by the scale and clipped to the image; rows below the score threshold are dropped.
+of a canvas of training's fill colour (``CANVAS_FILL_RGB``) whose sides are the next multiples of
+128 (at least 256), and run together with the other images of the same canvas size. The canvas
+depends on the image alone, so a face's box does not depend on what else is in the request; at the
+spec's ``loader.val_max_size`` it is the canvas training evaluated on (one image per val batch,
+``val_size_multiple`` 128). Boxes are divided by the scale and clipped to the image; rows below the
+score threshold are dropped.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import torch
 from data_shards.loader import AugmentConfig, LoaderConfig, assign_shards, make_train_loader, make_val_loader
 from data_shards.manifest import Manifest, ShardEntry
 from data_shards.shard_writer import sample_key, write_shard
+from data_shards.augment import MEAN_BGR
 from data_shards.wider_layout import WiderLayout
-from jobs.serving.inference import CANVAS_FILL_RGB
 
 CFG = LoaderConfig(batch_size=2, augment=AugmentConfig(out_size=128), num_workers=2, shuffle_buffer=4, val_batch_size=2,
                    val_max_size=256)
@@ -78,9 +78,9 @@ def test_val_visits_every_image_once_with_equal_batches(wider_root, tmp_path):
                                                          b["valid"].tolist(), strict=True)):
                 if valid:
                     assert scale == min(1.0, 256 / max(size))
-                    # padded with the served canvas's colour (training's fill), not black
+                    # padded with training's fill colour (RGB here), as a served canvas is, not black
                     h, w = round(size[0] * scale), round(size[1] * scale)
-                    fill = torch.tensor(CANVAS_FILL_RGB, dtype=b["images"].dtype)[:, None, None]
+                    fill = torch.tensor(MEAN_BGR[::-1], dtype=b["images"].dtype)[:, None, None]
                     assert (b["images"][i, :, h:, :] == fill).all() and (b["images"][i, :, :, w:] == fill).all()
                     assert h < b["images"].shape[2] or w < b["images"].shape[3]  # some padding to check
     assert lengths[0] == lengths[1]

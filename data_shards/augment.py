@@ -43,10 +43,7 @@ import cv2
 import numpy as np
 
 from data_shards.config import AugmentConfig
-
-# ImageNet mean, the fill of zoom-out expansion [S3FD code]: 0 after the model's normalisation, which
-# is SRN's "zero-padding".
-MEAN_BGR = (104.0, 117.0, 123.0)
+from data_shards.images import MEAN_BGR
 
 
 @dataclass(frozen=True)
@@ -134,6 +131,8 @@ def _zoom_out_crop(rng: np.random.Generator, h: int, w: int, boxes: np.ndarray, 
         inside = _centre_inside(boxes, window)
         if not inside.any():
             continue
+        if cfg.crop_min_visible == 0.0:  # the centre rule alone (the default): no shares to compute
+            return window
         cut = int((inside & (visible_share(boxes, window) < cfg.crop_min_visible)).sum())
         if cut == 0:
             return window

@@ -98,7 +98,7 @@ class LoaderConfig(Section):
     """Validation images are shrunk so their long side is at most this."""
     val_size_multiple: int = Field(default=128, gt=0)
     """Validation batches are padded to a multiple of this (the largest stride), bottom and right, with
-    training's fill colour (``data_shards.augment.MEAN_BGR``), as a served model's canvas is."""
+    training's fill colour (``data_shards.images.MEAN_BGR``), as a served model's canvas is."""
     seed: int = 0
     """Seeds shard permutations, shuffling and augmentation (with epoch, rank and worker)."""
     prefetch_factor: int = Field(default=2, gt=0)

@@ -20,6 +20,10 @@ import warnings
 
 import numpy as np
 
+MEAN_BGR = (104.0, 117.0, 123.0)
+"""ImageNet mean, BGR: the fill of zoom-out expansion [S3FD code] and of val and served padding; 0 after
+the model's normalisation, which is SRN's "zero-padding". Here, in the module serving imports anyway,
+so the served canvas takes it without OpenCV or the config tree."""
 MAX_IMAGE_PIXELS = 1 << 26
 """8192 × 8192: far above any WIDER FACE or COCO image, far below what a worker can hold decoded."""
 

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from data_shards.augment import MEAN_BGR, val_resize
+from data_shards.augment import val_resize
 from data_shards.config import LoaderConfig
+from data_shards.images import MEAN_BGR
 from data_shards.samples import SkipCounter, decoded, face_boxes, open_split, received, to_tensor, web_loader, worker_slot
 from data_shards.storage import S3Settings
 

@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from data_shards.images import MEAN_BGR
 from jobs.serving.inputs import DetectionInputError
 
-CANVAS_FILL_RGB = (123.0, 117.0, 104.0)
+CANVAS_FILL_RGB = tuple(reversed(MEAN_BGR))
 """Colour of the canvas around a letterboxed image: the val loader's padding and training's zoom-out
-fill (``data_shards.augment.MEAN_BGR`` in RGB, the ImageNet mean: about zero after the model's
-normalisation), so a served model's boxes are the ones training evaluated."""
+fill (``MEAN_BGR`` in RGB, the ImageNet mean: about zero after the model's normalisation), so a served
+model's boxes are the ones training evaluated."""
 SIDE_MULTIPLE = 128
 """Canvas sides are multiples of the detector's largest stride (P7), as the exported program takes."""
 MIN_SIDE = 256

@@ -8,7 +8,8 @@
 Every row trains the demo spec (same seed, same model, same epochs unless the row says otherwise)
 with the row's `--set` overrides, in the MLflow experiment `isrn-demo-ablation` so `isrn promote
 demo` never sees it; its data set and shards are named after its generator (`data/demo-<faces>`,
-`s3://isrn-shards/demo-<faces>`), so rows with the same generator share them. Rows run one after the
+`s3://isrn-shards/demo-<faces>`, with `-by-height` when its blur and occlusion are drawn by face
+height), so rows with the same generator share them. Rows run one after the
 other under `nice`; each row's result (final AP Easy / Medium / Hard, the logged model's URI, the
 wall time) is added to `--results` as soon as it finishes, so a table can be built over several
 sessions. A row whose generator settings or generator code differ from what generated the data and
@@ -84,6 +85,12 @@ ROWS: dict[str, tuple[str, dict[str, object]]] = {
     # bench/face_sizes.py), boxes on part of a face, which no val face is. Redrawn crops: 1.2 %.
     "crop-whole": ("the demo spec, crops redrawn while they cut a kept face to under 90 % of its area",
                    {"loader.augment.crop_min_visible": 0.9, **NO_MODEL}),
+    # The generator blurs and occludes faces at the same rates at every size; real WIDER FACE's large
+    # faces are nearly always sharp and its small ones mostly heavily blurred. Its own data set.
+    "blur-by-height": ("the demo spec, generated blur and occlusion at real WIDER FACE's rates by face height",
+                       {"data.synth.generator.blur_occlusion": "by_height", **NO_MODEL}),
+    "blur-by-height-18": ("the demo spec, blur and occlusion by height, 18 epochs (450 steps)",
+                          {"data.synth.generator.blur_occlusion": "by_height", "train.epochs": 18, **NO_MODEL}),
 }
 
 
@@ -91,6 +98,8 @@ def command(row: str, spec: str) -> list[str]:
     """The `isrn train` command line of a row."""
     _, overrides = ROWS[row]
     faces = str(overrides.get("data.synth.generator.faces", "person"))
+    if (blur := overrides.get("data.synth.generator.blur_occlusion", "flat")) != "flat":
+        faces += f"-{blur}".replace("_", "-")
     sets = {"tracking.experiment": EXPERIMENT, "data.synth.root": f"data/demo-{faces}",
             "data.shards": f"s3://{os.environ.get('ISRN_SHARDS_BUCKET', 'isrn-shards')}/demo-{faces}", **overrides}
     out = ["nice", "-n", "10", str(REPO / ".venv/bin/isrn"), "train", spec]

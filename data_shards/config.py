@@ -130,6 +130,13 @@ class SynthConfig(Section):
     one light, hair, features; ``data_shards.synth_person``) with a real LFW face as a faint texture.
     "lfw": the 25 px grey LFW crop itself, tinted and scaled up in a soft ellipse (the generator
     before "person"; a detector trained on it finds no face in a real photograph)."""
+    blur_occlusion: Literal["flat", "by_height"] = "flat"
+    """How each face's blur and occlusion labels are drawn. "flat": the same rates at every size (blur
+    0/1/2: 0.7 / 0.2 / 0.1, occlusion: 0.8 / 0.13 / 0.07), so a large face is as often blurred as a
+    small one. "by_height": the rates real WIDER FACE val faces of that height carry
+    (``data_shards.synth.BLUR_OCCLUSION_BY_HEIGHT``): faces under 30 px mostly heavily blurred, faces
+    over 100 px mostly sharp. The demo keeps "flat": at its budget "by_height" lowered every setting's
+    AP (README, ablation row ``blur-by-height``)."""
     person_templates: int = Field(default=48, gt=0)
     """"person": people drawn per split at a 96 px face and shrunk for every face up to that width
     (wider ones are drawn at their size); more gives more distinct people at ~15 ms of CPU each."""

@@ -3,7 +3,8 @@
 import numpy as np
 import scipy.io
 
-from data_shards.synth import face_settings, generate_dataset, generate_image, val_ground_truth
+from data_shards.config import SynthConfig
+from data_shards.synth import BLUR_OCCLUSION_BY_HEIGHT, blur_and_occlusion_rates, face_settings, generate_dataset, generate_image, val_ground_truth
 from data_shards.wider_layout import Face, ImageRecord, WiderLayout
 from isrn_model.wider_eval import ATTRIBUTE_VALUES, ATTRIBUTES, SETTINGS, ground_truth_mat_files, load_ground_truth
 
@@ -57,6 +58,33 @@ def test_settings_rule_reproduces_the_official_val_lists(shared_dir):
             chosen, listed, both = chosen + rule.sum(), listed + official.sum(), both + (rule & official).sum()
         f1[setting] = 2 * both / (chosen + listed)
     assert min(f1.values()) > 0.98, f1
+
+
+def test_blur_and_occlusion_rates_are_the_official_val_faces(shared_dir):
+    """The generator's blur and occlusion rates by face height are those of the real WIDER FACE val
+    faces (invalid ones left out), to 0.015 per label."""
+    gt = load_ground_truth(shared_dir / "widerface" / "ground_truth")
+    heights = np.concatenate([image.boxes[:, 3] for image in gt])
+    labels = {name: np.concatenate([image.attributes[name] for image in gt]) for name in ("blur", "occlusion", "invalid")}
+    bands = [row[0] for row in BLUR_OCCLUSION_BY_HEIGHT] + [np.inf]
+    for (lowest, blur_p, occlusion_p), highest in zip(BLUR_OCCLUSION_BY_HEIGHT, bands[1:]):
+        band = (heights >= lowest) & (heights < highest) & (labels["invalid"] == 0)
+        assert band.sum() > 400, (lowest, band.sum())
+        for name, table in (("blur", blur_p), ("occlusion", occlusion_p)):
+            measured = np.bincount(labels[name][band], minlength=3)[:3] / band.sum()
+            assert np.allclose(measured, table, atol=0.015), (name, lowest, measured.round(3), table)
+            assert blur_and_occlusion_rates(int(lowest)) == (blur_p, occlusion_p)
+
+
+def test_generated_faces_are_blurred_by_height():
+    """With blur_occlusion="by_height", generated small faces are mostly heavily blurred and large ones
+    mostly sharp, as in WIDER FACE."""
+    config = SynthConfig(blur_occlusion="by_height")
+    faces = [face for index in range(40) for face in generate_image("val", index, 3, config)[1] if not face.invalid]
+    small = np.array([face.blur for face in faces if face.h < 30])
+    large = np.array([face.blur for face in faces if face.h >= 100])
+    assert len(small) > 100 and len(large) > 10, (len(small), len(large))
+    assert (small == 2).mean() > 0.5 and (large == 0).mean() > 0.6 and (large == 2).mean() < 0.1
 
 
 def _mat(path):

@@ -94,10 +94,11 @@ _SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
 FLAT_BLUR_OCCLUSION = ((0.7, 0.2, 0.1), (0.8, 0.13, 0.07))
 """`SynthConfig.blur_occlusion = "flat"`: P(blur = 0/1/2) and P(occlusion = 0/1/2) at every size."""
 
-# `SynthConfig.blur_occlusion = "by_height"`: P(blur = 0/1/2) and P(occlusion = 0/1/2) of a face by its box height, measured on the real WIDER FACE
-# val faces (39,708 labelled faces of wider_face_val.mat, invalid ones left out; rows: the lowest
-# height of each band). Real small faces are mostly blurred and often hidden; real large faces are
-# nearly always sharp: 1 % of faces over 100 px are heavily blurred against 84 % of those of 10-20 px.
+# `SynthConfig.blur_occlusion = "by_height"`: P(blur = 0/1/2) and P(occlusion = 0/1/2) of a face by
+# its box height, measured on the real WIDER FACE val faces (the 39,708 labelled faces of
+# wider_face_val.mat, invalid ones left out; each row starts at the lowest height of its band, and is
+# rounded to sum to 1). Real small faces are mostly blurred and often hidden, real large ones nearly
+# always sharp: 0-2 % of the faces over 100 px are heavily blurred against 84 % of those of 10-20 px.
 # "flat" draws 10 % heavy blur at every size, so its largest faces are not its clearest ones, unlike
 # WIDER FACE's. tests/data_shards/test_synth.py rechecks the table against the official file.
 BLUR_OCCLUSION_BY_HEIGHT: tuple[tuple[int, tuple[float, float, float], tuple[float, float, float]], ...] = (
@@ -116,6 +117,8 @@ def blur_and_occlusion_rates(height: int) -> tuple[tuple[float, float, float], t
     """The (blur, occlusion) label probabilities of a face `height` px tall (the table above)."""
     rates = [(blur, occlusion) for lowest, blur, occlusion in BLUR_OCCLUSION_BY_HEIGHT if height >= lowest]
     return rates[-1]
+
+
 _FACE_ASPECT = 1.2  # box h / w; WIDER boxes are taller than wide (ISRN anchors use 1.25)
 _SKIN_TONES_RGB = np.array(
     [(255, 224, 196), (241, 194, 160), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 58, 38)],
@@ -332,7 +335,8 @@ def generate_image(split: str, index: int, seed: int, config: SynthConfig = Synt
         w = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi + 1e-6)))))
         w = max(config.min_face, w)
         h = int(round(w * _FACE_ASPECT))
-        blur_p, occlusion_p = blur_and_occlusion_rates(h) if config.blur_occlusion == "by_height" else FLAT_BLUR_OCCLUSION
+        by_height = config.blur_occlusion == "by_height"
+        blur_p, occlusion_p = blur_and_occlusion_rates(h) if by_height else FLAT_BLUR_OCCLUSION
         blur = int(rng.choice(3, p=blur_p))
         occlusion = int(rng.choice(3, p=occlusion_p))
         illumination = int(rng.random() < 0.08)

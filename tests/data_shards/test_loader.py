@@ -12,7 +12,7 @@ import torch
 from data_shards.loader import AugmentConfig, LoaderConfig, assign_shards, make_train_loader, make_val_loader
 from data_shards.manifest import Manifest, ShardEntry
 from data_shards.shard_writer import sample_key, write_shard
-from data_shards.augment import MEAN_BGR
+from data_shards.images import MEAN_BGR
 from data_shards.wider_layout import WiderLayout
 
 CFG = LoaderConfig(batch_size=2, augment=AugmentConfig(out_size=128), num_workers=2, shuffle_buffer=4, val_batch_size=2,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_shards.augment import MEAN_BGR
+from data_shards.images import MEAN_BGR
 from jobs.serving.inference import CANVAS_FILL_RGB, FaceDetector, boxes_to_original, canvas_shape, letterbox
 from jobs.serving.inputs import DetectionInputError
 from tests.jobs.serving.stand_ins import ContentProgram, photo
